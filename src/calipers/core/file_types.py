@@ -1,0 +1,34 @@
+"""The few shared file types every calipers stage declares (ceci ``DataFile`` subclasses).
+
+- :class:`HDF5Catalog`  - columns (1-d datasets) in a group, RAIL layout;
+- :class:`QPEnsembleFile` - a qp ensemble in HDF5, readable by ``qp.read``;
+- :class:`ModelDir`     - a directory with ``metadata.json`` and torch state dicts (no pickle);
+- :class:`ReportDir`    - a directory with ``report.json``, PNG figures and ``index.html``.
+"""
+from __future__ import annotations
+
+from ceci.file_types import Directory, HDFFile
+
+
+class HDF5Catalog(HDFFile):
+    """HDF5 catalog: one 1-d dataset per column inside a group."""
+
+    suffix = "hdf5"
+
+
+class QPEnsembleFile(HDFFile):
+    """A qp ensemble (``meta``/``data``/``ancil`` groups) plus calipers ``provenance``."""
+
+    suffix = "hdf5"
+
+
+class ModelDir(Directory):
+    """A model directory: ``metadata.json`` + ``weights.pt`` (state dicts, ``weights_only`` loadable)."""
+
+    suffix = ""
+
+
+class ReportDir(Directory):
+    """A report directory: ``report.json``, PNG figures and an HTML page."""
+
+    suffix = ""

@@ -1,0 +1,87 @@
+"""Streaming writes of qp ensembles: chunks go straight into pre-allocated HDF5 datasets.
+
+The file has qp's own layout (``meta``, ``data``, ``ancil`` groups), so ``qp.read`` and RAIL's
+evaluators open it unchanged; calipers adds a ``provenance`` group that qp ignores.
+Under MPI (without a parallel HDF5 build) each rank writes its chunks to a part file and
+rank 0 merges the parts chunk by chunk, so no rank ever holds the whole catalog.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+
+
+class QPChunkWriter:
+    """Write a qp ensemble of ``n_rows`` objects chunk by chunk.
+
+    Parameters
+    ----------
+    path : str
+        Output file (written in place; callers give a temporary name and rename at the end).
+    n_rows : int
+        Number of objects in the file.
+    meta : dict
+        qp ``meta`` table (from ``ensemble.build_tables()["meta"]``), e.g. pdf_name=mixmod.
+    data_shapes : dict
+        Column name -> per-object shape, e.g. ``{"weights": (50,), ...}``.
+    ancil_names : sequence of str
+        Per-object ancillary columns (point estimates, ids).
+    provenance : dict, optional
+        String attributes stored in a ``provenance`` group.
+    """
+
+    def __init__(self, path: str, n_rows: int, meta: dict, data_shapes: dict, ancil_names: Sequence[str],
+                 provenance: dict | None = None, dtype=np.float32, ancil_dtypes: dict | None = None):
+        self.path = path
+        self.file = h5py.File(path, "w")
+        g = self.file.create_group("meta")
+        for k, v in meta.items():
+            g.create_dataset(k, data=np.asarray(v))
+        d = self.file.create_group("data")
+        for k, shape in data_shapes.items():
+            d.create_dataset(k, shape=(n_rows, *shape), dtype=dtype)
+        a = self.file.create_group("ancil")
+        ancil_dtypes = ancil_dtypes or {}
+        for k in ancil_names:
+            a.create_dataset(k, shape=(n_rows,), dtype=ancil_dtypes.get(k, np.float64))
+        if provenance:
+            p = self.file.create_group("provenance")
+            for k, v in provenance.items():
+                p.attrs[k] = v if isinstance(v, str) else json.dumps(v)
+
+    def write(self, start: int, end: int, data: dict, ancil: dict) -> None:
+        for k, v in data.items():
+            self.file["data"][k][start:end] = v
+        for k, v in ancil.items():
+            self.file["ancil"][k][start:end] = v
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def merge_parts(target: str, parts: Sequence[tuple[str, Sequence[tuple[int, int]]]]) -> None:
+    """Copy rank part files into ``target`` (already created with full-size datasets).
+
+    ``parts`` lists (part path, row ranges) in the order the rows were written to the part.
+    """
+    with h5py.File(target, "a") as out:
+        for part, ranges in parts:
+            with h5py.File(part, "r") as src:
+                offset = 0
+                for start, end in ranges:
+                    n = end - start
+                    for group in ("data", "ancil"):
+                        for k in src[group]:
+                            out[group][k][start:end] = src[group][k][offset:offset + n]
+                    offset += n
+            os.remove(part)

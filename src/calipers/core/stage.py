@@ -1,0 +1,166 @@
+"""The calipers stage contract, on top of ``ceci.PipelineStage``.
+
+What every calipers stage gets from :class:`CalipersStage`:
+
+- **strict configuration**: a key in the stage's section of the config file, or on the
+  command line, that the stage does not declare is an error naming the key and the closest
+  valid one (ceci itself silently keeps unknown keys);
+- ``seed`` and, for training stages, ``device`` handling;
+- **atomic outputs**: ceci writes to ``inprogress_<name>`` and renames at the end; if the stage
+  fails, calipers deletes the in-progress outputs so no half file is left behind;
+- **provenance**: calipers version, stage, config and input-file hashes (:meth:`provenance`);
+- chunked catalog iteration split over MPI ranks (:meth:`iter_catalog`);
+- ``pkg://package/path`` inputs resolved to files shipped inside installed packages.
+
+Subclasses declare ``inputs``, ``outputs``, ``config_options`` (every option with ``msg=``)
+and implement :meth:`process` (not ``run``).
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from ceci import PipelineStage
+from ceci.config import StageParameter
+
+from calipers.core import catalog as _catalog
+from calipers.core.atomic import remove_path
+from calipers.core.errors import ConfigError
+from calipers.core.paths import resolve_path
+from calipers.core.provenance import make_provenance
+
+log = logging.getLogger(__name__)
+
+# keys ceci itself puts into a stage's arguments or config section
+CECI_KEYS = frozenset({
+    "config", "name", "mpi", "pdb", "cprofile", "memmon", "trace", "stage_name", "aliases", "comm",
+    "classname", "module_name", "nprocess", "threads_per_process", "nodes", "mem_per_process",
+    "site", "image", "volume", "python_paths", "output_dir", "log_dir", "resume",
+})
+
+
+def Param(dtype, default=None, msg: str = "", required: bool | None = None) -> StageParameter:
+    """A declared config option; ``msg`` (one line of help) is mandatory."""
+    if not msg:
+        raise ValueError("every calipers config option needs a msg= help string")
+    return StageParameter(dtype, default, msg=msg, required=required)
+
+
+def _load_stage_section(config_file, instance_name: str) -> dict:
+    if isinstance(config_file, dict):
+        overall = config_file
+    elif config_file in (None, "None", ""):
+        return {}
+    else:
+        import yaml
+        from ceci.pipeline.templates import read_and_apply_template
+
+        overall = yaml.safe_load(read_and_apply_template(config_file)) or {}
+    section = overall.get(instance_name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config section '{instance_name}' must be a mapping, got {type(section).__name__}")
+    return section
+
+
+class CalipersStage(PipelineStage):
+    """Base of every calipers stage (not itself runnable)."""
+
+    config_options = {
+        "seed": Param(int, 0, msg="Random seed; the same inputs and seed give the same outputs"),
+    }
+
+    def __init_subclass__(cls, **kwargs):
+        # ceci takes an inherited `name`; give every subclass its own by default
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+        super().__init_subclass__(**kwargs)
+
+    @classmethod
+    def registered(cls) -> list[str]:
+        """Names of the runnable calipers stages."""
+        return [n for n, (c, _) in PipelineStage.pipeline_stages.items() if issubclass(c, CalipersStage)]
+
+    # ------------------------------------------------------------------ config
+    def read_config(self, args):
+        super().read_config(args)
+        known = set(self.config_options) | set(self.input_tags()) | set(self.output_tags()) | CECI_KEYS
+        section = _load_stage_section(self.get_input("config"), self.instance_name)
+        unknown = [(k, "config file") for k in section if k not in known]
+        unknown += [(k, "arguments") for k, v in args.items() if v is not None and k not in known]
+        if unknown:
+            lines = []
+            valid = sorted(set(self.config_options))
+            for key, where in unknown:
+                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                lines.append(f"unknown config key '{key}' (in {where}){hint}")
+            raise ConfigError(
+                f"stage {self.instance_name}: " + "; ".join(lines) + f". Valid keys: {', '.join(valid)}"
+            )
+
+    def config_dict(self) -> dict:
+        """The stage's declared options and their values (inputs/outputs excluded)."""
+        return {k: self.config[k] for k in self.config_options}
+
+    # ------------------------------------------------------------------ helpers
+    def input_path(self, tag: str) -> str:
+        """Filesystem path of an input (``pkg://`` names resolved)."""
+        return resolve_path(self.get_input(tag))
+
+    def output_path(self, tag: str) -> str:
+        """Temporary (in-progress) path to write an output to; renamed when the stage ends."""
+        path = self.get_output(tag)
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        return path
+
+    def provenance(self) -> dict[str, str]:
+        """Provenance record of this stage run (input hashes computed once)."""
+        if not hasattr(self, "_provenance"):
+            inputs = {t: self.input_path(t) for t in self.input_tags()}
+            self._provenance = make_provenance(self.name, self.config_dict(), inputs)
+        return self._provenance
+
+    def rng(self, *stream: int) -> np.random.Generator:
+        """A numpy generator from the stage seed (plus optional sub-stream ids)."""
+        return np.random.default_rng([self.config["seed"], *stream])
+
+    def torch_device(self) -> str:
+        from calipers.core.device import choose_device
+
+        return choose_device(self.config["device"], self.rank)
+
+    def iter_catalog(self, tag: str, group: str, columns: Sequence[str], chunk_size: int
+                     ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """This rank's chunks of an input catalog: (start, end, {column: array})."""
+        return _catalog.iter_chunks(self.input_path(tag), group, columns, chunk_size, self.rank, self.size)
+
+    # ------------------------------------------------------------------ life cycle
+    def process(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.process")
+
+    def run(self):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            self.process()
+        except BaseException:
+            self.discard_outputs()
+            raise
+
+    def discard_outputs(self) -> None:
+        """Delete this stage's in-progress outputs (called when the stage fails)."""
+        for tag in self.output_tags():
+            remove_path(self.get_output(tag))
+
+    def finalize(self):
+        super().finalize()
+        if self.rank == 0:
+            for tag in self.output_tags():
+                final = self.get_output(tag, final_name=True)
+                if os.path.exists(final):
+                    print(f"calipers {self.instance_name}: wrote {tag} -> {os.path.abspath(final)}", file=sys.stdout)

@@ -1,0 +1,226 @@
+"""Deep ensembles of mixture density networks (Lakshminarayanan et al. 2017).
+
+Each member is trained from its own seed on its own random train/validation split, with early
+stopping on the validation negative log-likelihood. The ensemble's p(z) is the equal-weight
+mixture of the members' mixtures, so it carries both the aleatoric width each member learns
+and the epistemic spread between members.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from calipers.core.errors import ModelMismatchError
+from calipers.photoz.mdn import MixtureDensityNetwork, mixture_nll
+from calipers.photoz.preprocess import PhotometryPreprocessor
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "calipers.photoz.DeepEnsemble/1"
+
+
+@dataclass
+class EnsembleConfig:
+    """Hyper-parameters of a :class:`DeepEnsemble` (all have working defaults)."""
+
+    n_members: int = 5
+    n_components: int = 10
+    hidden: int = 128
+    n_layers: int = 3
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    max_epochs: int = 500
+    patience: int = 25
+    val_fraction: float = 0.2
+    augment: bool = False
+    ema: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.n_members < 1 or self.n_components < 1 or self.hidden < 1 or self.n_layers < 1:
+            raise ValueError(f"n_members, n_components, hidden and n_layers must be positive: {self}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+
+
+class DeepEnsemble:
+    """An ensemble of :class:`MixtureDensityNetwork` photo-z models.
+
+    Examples
+    --------
+    >>> ens = DeepEnsemble(EnsembleConfig(n_members=5)).fit(mags, errs, z, bands=list("ugrizy"))
+    >>> weights, means, stds = ens.predict(mags_new, errs_new)
+    """
+
+    def __init__(self, config: EnsembleConfig | None = None):
+        self.config = config or EnsembleConfig()
+        self.config.validate()
+        self.preprocessor: PhotometryPreprocessor | None = None
+        self.members: list[MixtureDensityNetwork] = []
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ training
+    @property
+    def bands(self) -> list[str]:
+        return list(self.preprocessor.bands) if self.preprocessor else []
+
+    def _new_member(self) -> MixtureDensityNetwork:
+        c = self.config
+        return MixtureDensityNetwork(len(self.bands), c.n_components, c.hidden, c.n_layers)
+
+    def fit(self, mags: np.ndarray, errs: np.ndarray, z: np.ndarray, bands: list[str], device: str = "cpu",
+            progress: bool = True) -> "DeepEnsemble":
+        """Train every member.
+
+        Parameters
+        ----------
+        mags, errs : (n, n_bands) arrays
+            Magnitudes and their errors; non-detections are handled by
+            :class:`PhotometryPreprocessor`.
+        z : (n,) array
+            True (spectroscopic) redshifts; must be finite.
+        bands : list of str
+            Band names, stored in the model and checked when it is applied.
+        device : str
+            Torch device for training.
+        """
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim != 1 or len(z) != len(mags):
+            raise ValueError(f"z must be 1-d with one value per row ({len(mags)}), got shape {z.shape}")
+        bad = np.flatnonzero(~np.isfinite(z))
+        if bad.size:
+            raise ValueError(f"redshift is not finite in {bad.size} row(s), first at row {bad[0]}")
+        n_val = int(round(self.config.val_fraction * len(z)))
+        if n_val < 1 or len(z) - n_val < 1:
+            raise ValueError(f"need at least 2 training rows (got {len(z)}) for a validation split")
+        self.preprocessor = PhotometryPreprocessor(list(bands)).fit(mags, errs)
+        m, e, f = (torch.as_tensor(a) for a in self.preprocessor.transform(mags, errs))
+        zt = torch.as_tensor(z, dtype=torch.float32)
+        self.members, self.history = [], []
+        for k in range(self.config.n_members):
+            net, hist = self._train_member(k, m, e, f, zt, device, progress)
+            self.members.append(net)
+            self.history.append(hist)
+            log.info("member %d: best validation NLL %.4f at epoch %d", k, hist["best_val_nll"], hist["best_epoch"])
+        return self
+
+    def _train_member(self, k, m, e, f, z, device, progress):
+        c = self.config
+        rng = np.random.default_rng([c.seed, k])
+        torch.manual_seed(int(rng.integers(2**31)))
+        order = rng.permutation(len(z))
+        n_val = int(round(c.val_fraction * len(z)))
+        val, train = torch.as_tensor(order[:n_val]), order[n_val:]
+        net = self._new_member()
+        net.set_scaling(m[train], e[train], f[train])
+        net.to(device)
+        m, e, f, z = m.to(device), e.to(device), f.to(device), z.to(device)
+        averaged = copy.deepcopy(net) if c.ema > 0 else net
+        opt = torch.optim.AdamW(net.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=8)
+        gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+        best, best_state, best_epoch, waited = float("inf"), None, -1, 0
+        bar = tqdm(range(c.max_epochs), desc=f"member {k + 1}/{c.n_members}", disable=not progress, leave=False)
+        for epoch in bar:
+            net.train()
+            perm = torch.as_tensor(rng.permutation(train), device=device)
+            for i in range(0, len(perm), c.batch_size):
+                b = perm[i:i + c.batch_size]
+                mb = m[b]
+                if c.augment:  # redraw detected magnitudes within their errors
+                    noise = torch.randn(mb.shape, generator=gen, device=device)
+                    mb = mb + e[b] * noise * (1 - f[b])
+                opt.zero_grad()
+                loss = mixture_nll(net(mb, e[b], f[b]), z[b])
+                loss.backward()
+                opt.step()
+                if c.ema > 0:
+                    with torch.no_grad():
+                        for pa, p in zip(averaged.parameters(), net.parameters()):
+                            pa.mul_(c.ema).add_(p, alpha=1 - c.ema)
+            averaged.eval()
+            with torch.no_grad():
+                v = mixture_nll(averaged(m[val], e[val], f[val]), z[val]).item()
+            sched.step(v)
+            bar.set_postfix(val_nll=f"{v:.4f}")
+            if v < best - 1e-4:
+                best, best_epoch, waited = v, epoch, 0
+                best_state = {k_: t.detach().clone() for k_, t in averaged.state_dict().items()}
+            else:
+                waited += 1
+                if waited > c.patience:
+                    break
+        bar.close()
+        out = self._new_member()
+        out.load_state_dict({k_: t.cpu() for k_, t in best_state.items()})
+        out.eval()
+        return out, {"member": k, "best_val_nll": best, "best_epoch": best_epoch, "epochs_run": epoch + 1}
+
+    # ------------------------------------------------------------------ inference
+    def check_bands(self, bands: list[str], source: str = "catalog") -> None:
+        """Raise :class:`ModelMismatchError` unless ``bands`` equals the training bands."""
+        if list(bands) != self.bands:
+            raise ModelMismatchError(
+                f"{source}: this model was trained on bands {self.bands} but was given {list(bands)}; "
+                "retrain the model or configure the matching bands"
+            )
+
+    @torch.no_grad()
+    def predict(self, mags: np.ndarray, errs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mixture parameters of the ensemble p(z): weights, means, stds, each (n, n_members * K)."""
+        if not self.members:
+            raise RuntimeError("DeepEnsemble.predict called before fit or load")
+        m, e, f = (torch.as_tensor(a) for a in self.preprocessor.transform(mags, errs))
+        ws, mus, ss = [], [], []
+        for net in self.members:
+            log_w, mu, log_s = net(m, e, f)
+            ws.append(torch.exp(log_w) / len(self.members))
+            mus.append(mu)
+            ss.append(torch.exp(log_s))
+        return (torch.cat(ws, 1).numpy(), torch.cat(mus, 1).numpy(), torch.cat(ss, 1).numpy())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str) -> None:
+        """Write ``metadata.json`` and ``weights.pt`` (state dicts only) into ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        meta = {
+            "format": MODEL_FORMAT,
+            "config": asdict(self.config),
+            "preprocessor": self.preprocessor.to_dict(),
+            "history": self.history,
+        }
+        with open(os.path.join(directory, "metadata.json"), "w") as fh:
+            json.dump(meta, fh, indent=2)
+        torch.save({f"member_{i}": net.state_dict() for i, net in enumerate(self.members)},
+                   os.path.join(directory, "weights.pt"))
+
+    @classmethod
+    def load(cls, directory: str) -> "DeepEnsemble":
+        """Load a saved ensemble without executing code (``weights_only=True``)."""
+        meta_path = os.path.join(directory, "metadata.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"{directory}: not a calipers model directory (no metadata.json)")
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        if meta.get("format") != MODEL_FORMAT:
+            raise ModelMismatchError(f"{directory}: model format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
+        ens = cls(EnsembleConfig(**meta["config"]))
+        ens.preprocessor = PhotometryPreprocessor.from_dict(meta["preprocessor"])
+        ens.history = meta.get("history", [])
+        states = torch.load(os.path.join(directory, "weights.pt"), map_location="cpu", weights_only=True)
+        for i in range(ens.config.n_members):
+            net = ens._new_member()
+            net.load_state_dict(states[f"member_{i}"])
+            net.eval()
+            ens.members.append(net)
+        return ens

@@ -1,0 +1,7 @@
+"""ceci stages: thin adapters that read, configure, parallelise and write.
+
+Importing this package registers every calipers stage with ceci.
+"""
+from calipers.stages.photoz import PZEstimate, PZInform
+
+__all__ = ["PZInform", "PZEstimate"]

@@ -1,0 +1,198 @@
+"""Photo-z stages: ``PZInform`` (catalog -> model) and ``PZEstimate`` (model + catalog -> qp)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from calipers.core import catalog
+from calipers.core.errors import ConfigError, ModelMismatchError
+from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
+from calipers.core.qpio import QPChunkWriter, merge_parts
+from calipers.core.stage import CalipersStage, Param
+from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf, mixture_point_estimates
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BANDS = ["u", "g", "r", "i", "z", "y"]
+
+CATALOG_OPTIONS = {
+    "hdf5_groupname": Param(str, "photometry", msg="Group of the HDF5 catalog holding the columns ('' for the root)"),
+    "mag_column": Param(str, "mag_{band}_lsst", msg="Magnitude column name pattern; {band} is replaced by each band"),
+    "err_column": Param(str, "mag_err_{band}_lsst", msg="Magnitude-error column name pattern"),
+}
+
+
+def band_columns(config, bands: list[str]) -> tuple[list[str], list[str]]:
+    return ([config["mag_column"].format(band=b) for b in bands], [config["err_column"].format(band=b) for b in bands])
+
+
+def stack(cols: dict, names: list[str]) -> np.ndarray:
+    return np.stack([np.asarray(cols[n], dtype=np.float32) for n in names], axis=1)
+
+
+class PZInform(CalipersStage):
+    """Train a deep ensemble of mixture density networks on a catalog with true redshifts."""
+
+    name = "PZInform"
+    parallel = False
+    inputs = [("training_catalog", HDF5Catalog)]
+    outputs = [("model", ModelDir)]
+    config_options = CalipersStage.config_options | CATALOG_OPTIONS | {
+        "bands": Param(list, DEFAULT_BANDS, msg="Bands to use, in wavelength order"),
+        "redshift_column": Param(str, "redshift", msg="Column of true (spectroscopic) redshifts"),
+        "device": Param(str, "auto", msg="Torch device: auto (GPU if present), cpu, cuda, cuda:N"),
+        "n_members": Param(int, 5, msg="Deep-ensemble members (different seeds and validation splits)"),
+        "n_components": Param(int, 10, msg="Gaussian components per member"),
+        "hidden": Param(int, 128, msg="Hidden-layer width"),
+        "n_layers": Param(int, 3, msg="Number of hidden layers"),
+        "learning_rate": Param(float, 2e-3, msg="AdamW learning rate"),
+        "weight_decay": Param(float, 1e-4, msg="AdamW weight decay"),
+        "batch_size": Param(int, 256, msg="Mini-batch size"),
+        "max_epochs": Param(int, 500, msg="Upper limit on epochs per member"),
+        "patience": Param(int, 25, msg="Early stopping: epochs without validation improvement"),
+        "val_fraction": Param(float, 0.2, msg="Fraction of rows held out for early stopping (per member)"),
+        "augment": Param(bool, False, msg="Redraw magnitudes within their errors at each epoch"),
+        "ema": Param(float, 0.0, msg="Exponential moving average of weights (0 = off, e.g. 0.995)"),
+    }
+
+    def validate(self):
+        bands = list(self.config["bands"])
+        mags, errs = band_columns(self.config, bands)
+        catalog.require_columns(self.input_path("training_catalog"), self.config["hdf5_groupname"],
+                                mags + errs + [self.config["redshift_column"]])
+
+    def process(self):
+        c = self.config
+        bands = list(c["bands"])
+        mag_cols, err_cols = band_columns(c, bands)
+        path = self.input_path("training_catalog")
+        cols = catalog.read_columns(path, c["hdf5_groupname"], mag_cols + err_cols + [c["redshift_column"]])
+        z = np.asarray(cols[c["redshift_column"]], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(z))
+        if bad.size:
+            raise ValueError(f"{path}: column '{c['redshift_column']}' is not finite in {bad.size} row(s), first at row {bad[0]}")
+        mags, errs = stack(cols, mag_cols), stack(cols, err_cols)
+        cfg = EnsembleConfig(**{k: c[k] for k in EnsembleConfig.__dataclass_fields__ if k in c})
+        ens = DeepEnsemble(cfg)
+        log.info("training %d-member MDN ensemble on %d galaxies from %s", cfg.n_members, len(z), path)
+        t0 = time.time()
+        ens.fit(mags, errs, z, bands=bands, device=self.torch_device())
+        nd = ens.preprocessor.count_nondetections(mags, errs)
+        log.info("non-detections per band in the training catalog: %s", nd)
+        out = self.output_path("model")
+        os.makedirs(out, exist_ok=True)
+        ens.save(out)
+        prov = self.provenance() | {"train_seconds": f"{time.time() - t0:.1f}", "n_train": str(len(z)),
+                                    "nondetections": json.dumps(nd)}
+        with open(os.path.join(out, "provenance.json"), "w") as fh:
+            json.dump(prov, fh, indent=2)
+
+
+class PZEstimate(CalipersStage):
+    """Apply a photo-z model to a catalog, chunk by chunk, writing a qp ensemble.
+
+    The ensemble's ancil holds RAIL-style point estimates ``zmode``, ``zmean``, ``zmedian`` and
+    the central 68% interval ``zlo68``/``zhi68``, plus the object ids when present.
+    """
+
+    name = "PZEstimate"
+    parallel = True
+    inputs = [("model", ModelDir), ("catalog", HDF5Catalog)]
+    outputs = [("pz", QPEnsembleFile)]
+    config_options = CalipersStage.config_options | CATALOG_OPTIONS | {
+        "bands": Param(list, [], msg="Bands expected by the model; empty = take them from the model"),
+        "id_column": Param(str, "id", msg="Object-id column copied to the output ancil ('' to skip; skipped if absent)"),
+        "chunk_size": Param(int, 100_000, msg="Rows per chunk; memory use scales with this, not the catalog"),
+        "output_format": Param(str, "mixmod", msg="qp parameterization: mixmod (exact) or interp (on the z grid)"),
+        "zmin": Param(float, 0.0, msg="Grid start for output_format=interp"),
+        "zmax": Param(float, 3.0, msg="Grid end for output_format=interp"),
+        "nzbins": Param(int, 301, msg="Grid points for output_format=interp"),
+    }
+
+    def _model(self) -> DeepEnsemble:
+        if not hasattr(self, "_ens"):
+            self._ens = DeepEnsemble.load(self.input_path("model"))
+        return self._ens
+
+    def _columns(self):
+        ens = self._model()
+        bands = list(self.config["bands"]) or ens.bands
+        ens.check_bands(bands, source=f"stage {self.instance_name} config 'bands'")
+        return band_columns(self.config, bands)
+
+    def validate(self):
+        if self.config["output_format"] not in ("mixmod", "interp"):
+            raise ConfigError(f"output_format must be 'mixmod' or 'interp', got {self.config['output_format']!r}")
+        mags, errs = self._columns()
+        path = self.input_path("catalog")
+        try:
+            catalog.require_columns(path, self.config["hdf5_groupname"], mags + errs)
+        except Exception as err:
+            raise ModelMismatchError(f"{err}; the model {self.input_path('model')} needs bands {self._model().bands}") from err
+
+    def process(self):
+        self.validate()
+        c = self.config
+        ens = self._model()
+        mag_cols, err_cols = self._columns()
+        path = self.input_path("catalog")
+        group = c["hdf5_groupname"]
+        n, have = catalog.catalog_info(path, group)
+        id_col = c["id_column"] if c["id_column"] and c["id_column"] in have else ""
+        read_cols = mag_cols + err_cols + ([id_col] if id_col else [])
+        ncomp = ens.config.n_members * ens.config.n_components
+        ancil = ["zmode", "zmean", "zmedian", "zlo68", "zhi68"] + (["id"] if id_col else [])
+        if c["output_format"] == "mixmod":
+            meta = {"pdf_name": np.array([b"mixmod"]), "pdf_version": np.array([0])}
+            shapes = {"weights": (ncomp,), "means": (ncomp,), "stds": (ncomp,)}
+        else:
+            zgrid = np.linspace(c["zmin"], c["zmax"], c["nzbins"])
+            meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
+            shapes = {"yvals": (len(zgrid),)}
+        target = self.output_path("pz")
+        ranges = catalog.chunk_ranges(n, c["chunk_size"], self.rank, self.size)
+        mine = target if self.size == 1 else f"{target}.rank{self.rank}"
+        n_mine = sum(e - s for s, e in ranges)
+        kw = dict(meta=meta, data_shapes=shapes, ancil_names=ancil, ancil_dtypes={"id": np.int64})
+        t0 = time.time()
+        with QPChunkWriter(mine, n if self.size == 1 else n_mine, provenance=self.provenance(), **kw) as out:
+            offset = 0
+            chunks = self.iter_catalog("catalog", group, read_cols, c["chunk_size"])
+            for start, end, cols in tqdm(chunks, total=len(ranges), desc=f"{self.instance_name} chunks",
+                                         disable=self.rank != 0, leave=False):
+                w, mu, s = ens.predict(stack(cols, mag_cols), stack(cols, err_cols))
+                est = mixture_point_estimates(w, mu, s)
+                if id_col:
+                    est["id"] = cols[id_col]
+                if c["output_format"] == "mixmod":
+                    data = {"weights": w, "means": mu, "stds": s}
+                else:
+                    p = mixture_pdf(w, mu, s, zgrid)
+                    data = {"yvals": p / np.trapezoid(p, zgrid, axis=1)[:, None]}
+                a, b = (start, end) if self.size == 1 else (offset, offset + end - start)
+                out.write(a, b, data, est)
+                offset += end - start
+        if self.size > 1:
+            self.comm.Barrier()
+            if self.rank == 0:
+                from calipers.core.catalog import chunk_ranges
+
+                with QPChunkWriter(target, n, provenance=self.provenance(), **kw):
+                    pass
+                merge_parts(target, [(f"{target}.rank{r}", chunk_ranges(n, c["chunk_size"], r, self.size))
+                                     for r in range(self.size)])
+            self.comm.Barrier()
+        dt = time.time() - t0
+        if self.rank == 0:
+            log.info("estimated p(z) for %d galaxies in %.1f s (%.0f galaxies/s)", n, dt, n / max(dt, 1e-9))
+
+    def discard_outputs(self):
+        super().discard_outputs()
+        from calipers.core.atomic import remove_path
+
+        remove_path(f"{self.get_output('pz')}.rank{self.rank}")
