@@ -38,4 +38,8 @@ def atomic_path(target: str, directory: bool = False) -> Iterator[str]:
         raise
     if directory and os.path.isdir(target):
         shutil.rmtree(target)
+    if not directory:  # mkstemp creates 0600; give the file the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, target)

@@ -1,0 +1,68 @@
+"""The ``calipers`` command: small helpers around pipelines and their outputs.
+
+``calipers describe FILE``  - say what a calipers/qp output holds, and where it is.
+``calipers stages``         - list the stages and their options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def describe(path: str) -> int:
+    from calipers.core.provenance import read_provenance
+
+    if not os.path.exists(path):
+        print(f"{path}: no such file", file=sys.stderr)
+        return 1
+    full = os.path.abspath(path)
+    if os.path.isdir(path):
+        print(f"{full}: directory with {sorted(os.listdir(path))}")
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            is_qp = "meta" in f and "pdf_name" in f["meta"]
+        if is_qp:
+            import qp
+
+            ens = qp.read(path)
+            print(f"p(z) file: {full}")
+            print(f"  qp ensemble: {ens.gen_class.name}, {ens.npdf} distributions")
+            if ens.ancil:
+                print(f"  ancil columns: {sorted(ens.ancil)}")
+        else:
+            print(f"{full}: HDF5 file")
+    prov = read_provenance(path)
+    if prov:
+        print("  provenance: " + json.dumps({k: prov[k] for k in ("calipers_version", "stage", "run_key") if k in prov}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="calipers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("describe", help="describe an output file")
+    d.add_argument("path")
+    sub.add_parser("stages", help="list stages and their options")
+    args = parser.parse_args(argv)
+    if args.cmd == "describe":
+        return describe(args.path)
+    if args.cmd == "stages":
+        import calipers.stages  # noqa: F401
+        from ceci import PipelineStage
+        from calipers.core.stage import CalipersStage
+
+        for name in sorted(CalipersStage.registered()):
+            cls = PipelineStage.pipeline_stages[name][0]
+            print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+            print("  inputs: " + ", ".join(f"{t} ({c.__name__})" for t, c in cls.inputs))
+            print("  outputs: " + ", ".join(f"{t} ({c.__name__})" for t, c in cls.outputs))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""DeepEnsemble: reproducibility, code-free persistence, band checks, non-detections."""
+from __future__ import annotations
+
+import json
+import os
+import pickletools
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from calipers.core.errors import ModelMismatchError
+from calipers.photoz import DeepEnsemble, EnsembleConfig, PhotometryPreprocessor, mixture_point_estimates
+from conftest import BANDS, TINY_ENSEMBLE, mags_errs
+
+
+def fit(train, seed: int = 0, **overrides) -> DeepEnsemble:
+    mags, errs = mags_errs(train)
+    cfg = EnsembleConfig(**{**TINY_ENSEMBLE, "seed": seed, **overrides})
+    return DeepEnsemble(cfg).fit(mags, errs, train["redshift"], BANDS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ensemble(train100) -> DeepEnsemble:
+    return fit(train100, seed=0)
+
+
+# ---------------------------------------------------------------------------- reproducibility
+def test_same_seed_gives_identical_predictions(ensemble, train100, valid10):
+    again = fit(train100, seed=0)
+    x = mags_errs(valid10)
+    for a, b in zip(ensemble.predict(*x), again.predict(*x)):
+        np.testing.assert_array_equal(a, b)
+    assert [h["best_val_nll"] for h in ensemble.history] == [h["best_val_nll"] for h in again.history]
+
+
+def test_different_seed_gives_different_predictions(ensemble, train100, valid10):
+    other = fit(train100, seed=1)
+    x = mags_errs(valid10)
+    _, mu_a, _ = ensemble.predict(*x)
+    _, mu_b, _ = other.predict(*x)
+    assert not np.allclose(mu_a, mu_b)
+
+
+def test_members_differ_from_each_other(ensemble, valid10):
+    """Each member has its own seed and validation split, so members are not copies."""
+    _, mu, _ = ensemble.predict(*mags_errs(valid10))
+    k = TINY_ENSEMBLE["n_components"]
+    assert not np.allclose(mu[:, :k], mu[:, k:2 * k])
+
+
+# ---------------------------------------------------------------------------- persistence
+def test_save_load_round_trip(ensemble, valid10, tmp_path):
+    ensemble.save(str(tmp_path / "model"))
+    loaded = DeepEnsemble.load(str(tmp_path / "model"))
+    x = mags_errs(valid10)
+    for a, b in zip(ensemble.predict(*x), loaded.predict(*x)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.bands == BANDS
+    assert loaded.config == ensemble.config
+    assert loaded.preprocessor == ensemble.preprocessor
+
+
+def pickle_globals(data: bytes) -> set[str]:
+    """Every 'module.name' a pickle stream would import (GLOBAL and STACK_GLOBAL opcodes)."""
+    found, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+            strings.append(arg)
+        elif op.name == "GLOBAL":
+            found.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            found.add(f"{strings[-2]}.{strings[-1]}")
+    return found
+
+
+def test_saved_model_is_code_free(ensemble, tmp_path):
+    d = tmp_path / "model"
+    ensemble.save(str(d))
+    assert sorted(os.listdir(d)) == ["metadata.json", "weights.pt"]
+    with open(d / "metadata.json") as fh:
+        meta = json.load(fh)  # plain JSON
+    assert meta["format"].startswith("calipers.photoz.DeepEnsemble/")
+    assert meta["preprocessor"]["bands"] == BANDS
+    # weights load with torch's restricted unpickler: tensors and dicts only
+    states = torch.load(d / "weights.pt", map_location="cpu", weights_only=True)
+    assert sorted(states) == [f"member_{i}" for i in range(TINY_ENSEMBLE["n_members"])]
+    for state in states.values():
+        assert all(isinstance(t, torch.Tensor) for t in state.values())
+        assert "feature_mean" in state and "feature_std" in state  # scaling travels with weights
+    # and the pickle inside the torch archive references no calipers (or other live) classes
+    with zipfile.ZipFile(d / "weights.pt") as z:
+        pkl = [n for n in z.namelist() if n.endswith(".pkl")]
+        assert pkl
+        refs = set().union(*(pickle_globals(z.read(n)) for n in pkl))
+    assert refs, "expected tensor-rebuild references in the torch archive"
+    assert all(r.startswith(("torch.", "collections.OrderedDict")) for r in refs), refs
+
+
+def test_load_rejects_foreign_directories(ensemble, tmp_path):
+    with pytest.raises(FileNotFoundError, match="metadata.json"):
+        DeepEnsemble.load(str(tmp_path))
+    d = tmp_path / "model"
+    ensemble.save(str(d))
+    meta = json.loads((d / "metadata.json").read_text())
+    meta["format"] = "someone.else/9"
+    (d / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelMismatchError, match="someone.else/9"):
+        DeepEnsemble.load(str(d))
+
+
+# ---------------------------------------------------------------------------- bands
+def test_check_bands(ensemble):
+    ensemble.check_bands(BANDS)  # the training bands pass
+    with pytest.raises(ModelMismatchError) as err:
+        ensemble.check_bands(["g", "r", "i", "z"], source="my.hdf5")
+    msg = str(err.value)
+    assert "my.hdf5" in msg and "['g', 'r', 'i', 'z']" in msg and str(BANDS) in msg
+    with pytest.raises(ModelMismatchError):
+        ensemble.check_bands(list(reversed(BANDS)))  # same bands, wrong order
+
+
+def test_predict_rejects_wrong_number_of_bands(ensemble, valid10):
+    mags, errs = mags_errs(valid10, bands=["g", "r", "i", "z"])
+    with pytest.raises(ValueError, match="bands"):
+        ensemble.predict(mags, errs)
+
+
+# ---------------------------------------------------------------------------- non-detections
+SENTINELS = {"u": 99.0, "g": -99.0, "r": np.nan, "i": np.inf, "z": -np.inf}
+
+
+def with_nondetections(valid10):
+    """Validation photometry with one kind of non-detection per band (y stays clean)."""
+    mags, errs = mags_errs(valid10)
+    mags, errs = mags.copy(), errs.copy()
+    for j, band in enumerate(BANDS):
+        if band in SENTINELS:
+            mags[j::2, j] = SENTINELS[band]  # every other row from row j on
+    errs[0, 5] = np.nan  # a NaN error on a detected magnitude
+    errs[1, 5] = 0.0  # and a zero error
+    return mags, errs
+
+
+def test_nondetections_give_finite_predictions(ensemble, valid10):
+    mags, errs = with_nondetections(valid10)
+    assert not np.all(np.isfinite(mags))
+    w, mu, s = ensemble.predict(mags, errs)
+    for a in (w, mu, s):
+        assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
+    for key, v in mixture_point_estimates(w, mu, s).items():
+        assert np.all(np.isfinite(v)), key
+    # the preprocessor really flagged them (the model saw flags, not 99s)
+    m, e, flags = ensemble.preprocessor.transform(mags, errs)
+    assert np.all(np.isfinite(m)) and np.all(np.isfinite(e)) and np.all(e > 0)
+    assert np.all(np.abs(m) < 90)
+    np.testing.assert_array_equal(flags.astype(bool), ~np.isfinite(mags) | (np.abs(mags) >= 90) | ~(errs > 0) | ~np.isfinite(errs))
+
+
+def test_count_nondetections(ensemble, valid10):
+    mags, errs = with_nondetections(valid10)
+    counts = ensemble.preprocessor.count_nondetections(mags, errs)
+    expected = {b: len(range(j, 10, 2)) for j, b in enumerate(BANDS) if b in SENTINELS}
+    expected["y"] = 2  # the NaN and the zero error
+    assert counts == expected
+
+
+def test_preprocessor_fit_rejects_all_nondetected_band():
+    mags = np.full((5, 2), 24.0)
+    mags[:, 1] = 99.0
+    errs = np.full((5, 2), 0.1)
+    with pytest.raises(ValueError, match="band 'b'"):
+        PhotometryPreprocessor(["a", "b"]).fit(mags, errs)
+
+
+def test_fit_rejects_non_finite_redshift(train100):
+    mags, errs = mags_errs(train100)
+    z = np.array(train100["redshift"], dtype=float)
+    z[7] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        DeepEnsemble(EnsembleConfig(**TINY_ENSEMBLE)).fit(mags, errs, z, BANDS, progress=False)

@@ -1,0 +1,195 @@
+"""The mixture density network and the Gaussian-mixture maths behind every p(z)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import norm
+
+from calipers.photoz import (
+    DeepEnsemble,
+    EnsembleConfig,
+    MixtureDensityNetwork,
+    mixture_cdf,
+    mixture_nll,
+    mixture_pdf,
+    mixture_point_estimates,
+)
+from calipers.photoz.mixture import mixture_quantiles
+from calipers.photoz.preprocess import PhotometryPreprocessor
+from conftest import BANDS, TINY_ENSEMBLE, mags_errs
+
+Z16 = norm.ppf(0.16)  # -0.99446...
+
+
+def integrate_mixtures(w, mu, s, points_per_sigma: int = 20) -> np.ndarray:
+    """Integral of each mixture p(z) on a grid fine enough for its narrowest component."""
+    w, mu, s = (np.asarray(a, dtype=np.float64) for a in (w, mu, s))
+    lo, hi = (mu - 12 * s).min(), (mu + 12 * s).max()
+    n = int(np.ceil((hi - lo) / s.min() * points_per_sigma)) + 1
+    assert n < 5_000_000, "grid too large: test data has a degenerate sigma"
+    grid = np.linspace(lo, hi, n)
+    return np.trapezoid(mixture_pdf(w, mu, s, grid), grid, axis=1)
+
+
+# ---------------------------------------------------------------------------- normalisation
+def test_network_mixture_integrates_to_one():
+    torch.manual_seed(0)
+    net = MixtureDensityNetwork(n_bands=4, n_components=5, hidden=16, n_layers=1)
+    n = 7
+    mags = 22 + 2 * torch.rand(n, 4)
+    errs = 0.01 + 0.1 * torch.rand(n, 4)
+    flags = torch.zeros(n, 4)
+    flags[0, 1] = 1.0
+    with torch.no_grad():
+        log_w, mu, log_s = net(mags, errs, flags)
+    assert log_w.shape == mu.shape == log_s.shape == (n, 5)
+    w, s = torch.exp(log_w).numpy(), torch.exp(log_s).numpy()
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    assert np.all(s >= 1e-3 * (1 - 1e-6)) and np.all(s <= 3.0 * (1 + 1e-6))
+    np.testing.assert_allclose(integrate_mixtures(w, mu.numpy(), s), 1.0, atol=1e-4)
+
+
+def test_ensemble_prediction_integrates_to_one(train100, valid10):
+    mags, errs = mags_errs(train100)
+    ens = DeepEnsemble(EnsembleConfig(**TINY_ENSEMBLE)).fit(mags, errs, train100["redshift"], BANDS, progress=False)
+    w, mu, s = ens.predict(*mags_errs(valid10))
+    ncomp = TINY_ENSEMBLE["n_members"] * TINY_ENSEMBLE["n_components"]
+    assert w.shape == mu.shape == s.shape == (10, ncomp)
+    assert np.all(w > 0) and np.all(s > 0)
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(integrate_mixtures(w, mu, s), 1.0, atol=1e-4)
+    # the CDF runs from 0 to 1 over the same range
+    lo, hi = (mu - 12 * s).min(), (mu + 12 * s).max()
+    cdf = mixture_cdf(w, mu, s, [lo, hi])
+    np.testing.assert_allclose(cdf[:, 0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(cdf[:, 1], 1.0, atol=1e-5)
+
+
+def test_mixture_pdf_is_derivative_of_cdf():
+    w = np.array([[0.2, 0.5, 0.3]])
+    mu = np.array([[0.3, 0.9, 1.5]])
+    s = np.array([[0.05, 0.2, 0.4]])
+    z = np.linspace(0.0, 2.5, 2001)
+    cdf = mixture_cdf(w, mu, s, z)[0]
+    pdf = mixture_pdf(w, mu, s, z)[0]
+    np.testing.assert_allclose(np.gradient(cdf, z), pdf, atol=2e-3 * pdf.max())
+
+
+# ---------------------------------------------------------------------------- training
+def toy_photometry(n: int, seed: int):
+    """Three bands where z is a linear function of the g-r colour plus noise."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(21, 24, n)
+    colour = rng.uniform(0.0, 1.5, n)
+    i = r - 0.5 * colour + rng.normal(0, 0.05, n)
+    mags = np.stack([r + colour, r, i], axis=1).astype(np.float32)
+    errs = np.full_like(mags, 0.02)
+    z = (0.2 + 0.8 * colour + rng.normal(0, 0.05, n)).astype(np.float32)
+    return mags, errs, z
+
+
+def test_training_loss_falls_on_toy_problem_hand_loop():
+    mags, errs, z = toy_photometry(512, seed=1)
+    pre = PhotometryPreprocessor(["g", "r", "i"]).fit(mags, errs)
+    m, e, f = (torch.as_tensor(a) for a in pre.transform(mags, errs))
+    zt = torch.as_tensor(z)
+    torch.manual_seed(0)
+    net = MixtureDensityNetwork(3, n_components=3, hidden=16, n_layers=1)
+    net.set_scaling(m, e, f)
+    with torch.no_grad():
+        before = mixture_nll(net(m, e, f), zt).item()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = mixture_nll(net(m, e, f), zt)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = mixture_nll(net(m, e, f), zt).item()
+    assert np.isfinite(before) and np.isfinite(after)
+    # noise sigma 0.05 -> the best possible NLL is about log(0.05 sqrt(2 pi e)) = -1.58
+    assert after < before - 1.0, (before, after)
+    assert after < -0.8, after
+
+
+def test_training_loss_falls_with_deep_ensemble():
+    mags, errs, z = toy_photometry(400, seed=2)
+    mags_t, errs_t, z_t = toy_photometry(200, seed=3)
+
+    def heldout_nll(max_epochs: int):
+        cfg = EnsembleConfig(n_members=2, n_components=3, hidden=16, n_layers=1, max_epochs=max_epochs,
+                             patience=50, learning_rate=1e-2, batch_size=64, seed=0)
+        ens = DeepEnsemble(cfg).fit(mags, errs, z, ["g", "r", "i"], progress=False)
+        w, mu, s = ens.predict(mags_t, errs_t)
+        out = (torch.log(torch.as_tensor(w)), torch.as_tensor(mu), torch.log(torch.as_tensor(s)))
+        return mixture_nll(out, torch.as_tensor(z_t)).item(), ens
+
+    nll_1, _ = heldout_nll(1)
+    nll_5, ens = heldout_nll(5)
+    assert nll_5 < nll_1 - 0.1, (nll_1, nll_5)
+    for hist in ens.history:
+        assert hist["epochs_run"] == 5
+        assert np.isfinite(hist["best_val_nll"])
+
+
+# ---------------------------------------------------------------------------- point estimates
+@pytest.mark.parametrize("mu,sigma", [(0.5, 0.1), (1.2, 0.05), (2.0, 0.3), (0.0, 1.0), (2.9, 0.002)])
+def test_point_estimates_of_a_single_gaussian(mu, sigma):
+    w, m, s = np.array([[1.0]]), np.array([[mu]]), np.array([[sigma]])
+    est = mixture_point_estimates(w, m, s)
+    assert set(est) == {"zmode", "zmean", "zmedian", "zlo68", "zhi68"}
+    tol = 1e-4 * sigma + 2e-6
+    assert est["zmode"][0] == pytest.approx(mu, abs=tol)
+    assert est["zmean"][0] == pytest.approx(mu, abs=tol)
+    assert est["zmedian"][0] == pytest.approx(mu, abs=tol)
+    assert est["zlo68"][0] == pytest.approx(mu + Z16 * sigma, abs=tol)
+    assert est["zhi68"][0] == pytest.approx(mu - Z16 * sigma, abs=tol)
+    assert est["zlo68"][0] == pytest.approx(mu - 0.9945 * sigma, abs=1e-4 * sigma + 2e-6)
+
+
+def test_point_estimates_of_split_identical_components():
+    """Two components with the same Gaussian are one Gaussian."""
+    w = np.array([[0.3, 0.7]])
+    m = np.array([[1.1, 1.1]])
+    s = np.array([[0.2, 0.2]])
+    est = mixture_point_estimates(w, m, s)
+    for key in ("zmode", "zmean", "zmedian"):
+        assert est[key][0] == pytest.approx(1.1, abs=1e-5)
+    assert est["zhi68"][0] - est["zlo68"][0] == pytest.approx(2 * 0.99446 * 0.2, abs=1e-4)
+
+
+def test_mode_of_bimodal_mixture_is_the_higher_peak():
+    w = np.array([[0.35, 0.65], [0.65, 0.35]])
+    m = np.array([[0.4, 1.6], [0.4, 1.6]])
+    s = np.array([[0.1, 0.1], [0.1, 0.1]])
+    est = mixture_point_estimates(w, m, s)
+    np.testing.assert_allclose(est["zmode"], [1.6, 0.4], atol=1e-3)
+    np.testing.assert_allclose(est["zmean"], [0.35 * 0.4 + 0.65 * 1.6, 0.65 * 0.4 + 0.35 * 1.6], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- quantiles (property)
+@st.composite
+def mixtures(draw):
+    n = draw(st.integers(1, 3))
+    k = draw(st.integers(1, 4))
+    raw_w = np.array(draw(st.lists(st.floats(0.05, 1.0), min_size=n * k, max_size=n * k))).reshape(n, k)
+    mu = np.array(draw(st.lists(st.floats(0.0, 3.0), min_size=n * k, max_size=n * k))).reshape(n, k)
+    s = np.array(draw(st.lists(st.floats(0.01, 1.0), min_size=n * k, max_size=n * k))).reshape(n, k)
+    return raw_w / raw_w.sum(1, keepdims=True), mu, s
+
+
+@settings(max_examples=60, deadline=None)
+@given(mix=mixtures(), probs=st.lists(st.floats(0.01, 0.99), min_size=1, max_size=4))
+def test_quantiles_invert_cdf(mix, probs):
+    w, mu, s = mix
+    q = mixture_quantiles(w, mu, s, probs)
+    assert q.shape == (len(w), len(probs))
+    for i in range(len(w)):
+        cdf_at_q = mixture_cdf(w[i:i + 1], mu[i:i + 1], s[i:i + 1], q[i])[0]
+        np.testing.assert_allclose(cdf_at_q, probs, atol=1e-4)
+        # quantiles are ordered like their probabilities
+        order = np.argsort(probs, kind="stable")
+        assert np.all(np.diff(q[i][order]) >= -1e-6)

@@ -1,0 +1,325 @@
+"""PZInform / PZEstimate through ceci's stage API and the ``python -m calipers`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import qp
+import torch
+
+import calipers
+from calipers.core.errors import CalipersError, CatalogError, ConfigError, ModelMismatchError
+from calipers.photoz import DeepEnsemble, mixture_pdf
+from calipers.stages import PZEstimate, PZInform
+from conftest import (
+    BANDS,
+    TINY_INFORM,
+    TRAIN_100,
+    VALID_10,
+    inprogress,
+    leftovers,
+    mags_errs,
+    random_rows,
+    run_stage,
+    subprocess_env,
+    subset,
+    write_catalog,
+    write_config,
+)
+
+POINT_ESTIMATES = ["zmode", "zmean", "zmedian", "zlo68", "zhi68"]
+
+
+def assert_no_output(path):
+    """Neither the final output nor ceci's in-progress file/directory exists."""
+    assert not os.path.exists(path), f"{path} was left behind"
+    assert not os.path.exists(inprogress(path)), f"{inprogress(path)} was left behind"
+    assert leftovers(os.path.dirname(path)) == []
+
+
+def read_group(path, group) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: v[:] for k, v in f[group].items()}
+
+
+# ---------------------------------------------------------------------------- (a) config keys
+def test_misspelt_config_key_is_an_error(tmp_path):
+    cfg = write_config(tmp_path / "config.yml", inform={**TINY_INFORM, "n_member": 2})
+    model = tmp_path / "model"
+    with pytest.raises(ConfigError) as err:
+        run_stage("PZInform", cfg, training_catalog=TRAIN_100, model=str(model))
+    msg = str(err.value)
+    assert "'n_member'" in msg
+    assert "did you mean 'n_members'" in msg
+    assert_no_output(model)
+
+
+def test_misspelt_config_key_on_the_command_line(tmp_path):
+    """The same error through ``python -m calipers`` (the command ceci runs)."""
+    cfg = write_config(tmp_path / "config.yml", inform={**TINY_INFORM, "n_member": 2})
+    model = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-m", "calipers", "PZInform", f"--training_catalog={TRAIN_100}",
+         f"--config={cfg}", f"--model={model}"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "ConfigError" in proc.stderr
+    assert "n_member" in proc.stderr and "did you mean 'n_members'" in proc.stderr
+    assert_no_output(model)
+
+
+def test_misspelt_key_in_estimate_section(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={"chunksize": 5})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(ConfigError, match="'chunksize'.*did you mean 'chunk_size'"):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    assert_no_output(pz)
+
+
+def test_unknown_argument_through_make_stage(tmp_path):
+    with pytest.raises(ConfigError, match="'n_member' \\(in arguments\\).*n_members"):
+        PZInform.make_stage(training_catalog=TRAIN_100, model=str(tmp_path / "model"), n_member=2)
+
+
+def test_bad_output_format(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={"output_format": "hist"})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(ConfigError, match="output_format.*'hist'"):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    assert_no_output(pz)
+
+
+# ---------------------------------------------------------------------------- (b) missing columns
+def test_inform_catalog_missing_a_band_column(tmp_path, train100):
+    cat = write_catalog(tmp_path / "no_y.hdf5", {k: v for k, v in train100.items() if k != "mag_y_lsst"})
+    cfg = write_config(tmp_path / "config.yml", inform=TINY_INFORM)
+    model = tmp_path / "model"
+    with pytest.raises(CatalogError) as err:
+        run_stage("PZInform", cfg, training_catalog=cat, model=str(model))
+    msg = str(err.value)
+    assert cat in msg and "mag_y_lsst" in msg and "'photometry'" in msg
+    assert_no_output(model)
+
+
+def test_estimate_catalog_missing_a_band_column(tmp_path, valid10, tiny_model_dir):
+    cat = write_catalog(tmp_path / "no_y.hdf5", {k: v for k, v in valid10.items() if k != "mag_y_lsst"})
+    cfg = write_config(tmp_path / "config.yml", estimate={})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(CalipersError) as err:
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=cat, pz=str(pz))
+    msg = str(err.value)
+    assert cat in msg and "mag_y_lsst" in msg
+    assert_no_output(pz)
+
+
+def test_inform_non_finite_redshift(tmp_path, train100):
+    cols = dict(train100)
+    cols["redshift"] = cols["redshift"].copy()
+    cols["redshift"][[5, 9]] = np.nan
+    cat = write_catalog(tmp_path / "nan_z.hdf5", cols)
+    cfg = write_config(tmp_path / "config.yml", inform=TINY_INFORM)
+    model = tmp_path / "model"
+    with pytest.raises(ValueError, match="'redshift'.*2 row.*row 5"):
+        run_stage("PZInform", cfg, training_catalog=cat, model=str(model))
+    assert_no_output(model)
+
+
+# ---------------------------------------------------------------------------- (c) band mismatch
+def test_model_trained_on_other_bands(tmp_path, griz_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={"bands": BANDS})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(ModelMismatchError) as err:
+        run_stage("PZEstimate", cfg, model=griz_model_dir, catalog=VALID_10, pz=str(pz))
+    msg = str(err.value)
+    assert "['g', 'r', 'i', 'z']" in msg and str(BANDS) in msg
+    assert_no_output(pz)
+
+
+def test_model_bands_missing_from_catalog(tmp_path, valid10, tiny_model_dir):
+    """A ugrizy model applied to a griz catalog, bands taken from the model."""
+    cat = write_catalog(tmp_path / "griz.hdf5",
+                        {k: v for k, v in valid10.items() if not k.endswith(("_u_lsst", "_y_lsst"))})
+    cfg = write_config(tmp_path / "config.yml", estimate={})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(ModelMismatchError, match="mag_u_lsst"):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=cat, pz=str(pz))
+    assert_no_output(pz)
+
+
+def test_griz_model_takes_its_bands_from_the_model(tmp_path, griz_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={})  # bands: [] -> from the model
+    pz = tmp_path / "pz.hdf5"
+    run_stage("PZEstimate", cfg, model=griz_model_dir, catalog=VALID_10, pz=str(pz))
+    assert qp.read(str(pz)).npdf == 10
+
+
+# ---------------------------------------------------------------------------- outputs
+def test_inform_writes_a_loadable_model_with_provenance(tiny_model_dir, valid10):
+    assert sorted(os.listdir(tiny_model_dir)) == ["metadata.json", "provenance.json", "weights.pt"]
+    ens = DeepEnsemble.load(tiny_model_dir)
+    assert ens.bands == BANDS
+    assert ens.config.n_members == TINY_INFORM["n_members"]
+    assert ens.config.hidden == TINY_INFORM["hidden"]
+    assert all(h["epochs_run"] <= TINY_INFORM["max_epochs"] for h in ens.history)
+    prov = json.loads(open(os.path.join(tiny_model_dir, "provenance.json")).read())
+    assert prov["calipers_version"] == calipers.__version__
+    assert prov["stage"] == "PZInform"
+    assert json.loads(prov["config"])["n_members"] == TINY_INFORM["n_members"]
+    assert "training_catalog" in json.loads(prov["input_hashes"])
+    assert prov["n_train"] == "100"
+    assert set(json.loads(prov["nondetections"])) == set(BANDS)
+    w, mu, s = ens.predict(*mags_errs(valid10))
+    assert np.all(np.isfinite(mu))
+
+
+def test_inform_is_reproducible(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "config.yml", inform=dict(TINY_INFORM, bands=BANDS))
+    model = tmp_path / "model"
+    run_stage("PZInform", cfg, training_catalog=TRAIN_100, model=str(model))
+    a = torch.load(os.path.join(tiny_model_dir, "weights.pt"), weights_only=True)
+    b = torch.load(model / "weights.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for member in a:
+        for name in a[member]:
+            assert torch.equal(a[member][name], b[member][name]), (member, name)
+
+
+@pytest.fixture(scope="module")
+def estimate_output(tmp_path_factory, tiny_model_dir) -> str:
+    d = tmp_path_factory.mktemp("estimate")
+    cfg = write_config(d / "config.yml", estimate={"chunk_size": 4})
+    pz = d / "pz.hdf5"
+    run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    assert not inprogress(pz).exists()
+    return str(pz)
+
+
+def test_estimate_output_is_a_qp_ensemble(estimate_output, valid10, tiny_model_dir):
+    ens = qp.read(estimate_output)
+    assert ens.gen_class.name == "mixmod"
+    assert ens.npdf == len(valid10["id"]) == 10
+    for key in POINT_ESTIMATES:
+        assert key in ens.ancil
+        assert np.asarray(ens.ancil[key]).shape == (10,)
+        assert np.all(np.isfinite(ens.ancil[key]))
+    np.testing.assert_array_equal(ens.ancil["id"], valid10["id"])
+    assert np.all(ens.ancil["zlo68"] <= ens.ancil["zmedian"])
+    assert np.all(ens.ancil["zmedian"] <= ens.ancil["zhi68"])
+    # the stored mixture is the model's prediction for these rows, in the catalog's order
+    model = DeepEnsemble.load(tiny_model_dir)
+    grid = np.linspace(0, 3, 61)
+    expected = mixture_pdf(*model.predict(*mags_errs(valid10)), grid)
+    np.testing.assert_allclose(ens.pdf(grid), expected, rtol=1e-5, atol=1e-6)
+    # and it integrates to 1
+    wide = np.linspace(-10, 10, 20001)
+    np.testing.assert_allclose(np.trapezoid(ens.pdf(wide), wide, axis=1), 1.0, atol=1e-4)
+
+
+def test_estimate_output_provenance(estimate_output, tiny_model_dir):
+    with h5py.File(estimate_output, "r") as f:
+        assert "provenance" in f
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["provenance"].attrs.items()}
+    assert attrs["calipers_version"] == calipers.__version__
+    assert attrs["stage"] == "PZEstimate"
+    assert json.loads(attrs["config"])["chunk_size"] == 4
+    assert set(json.loads(attrs["input_hashes"])) == {"model", "catalog"}
+
+
+@pytest.fixture(scope="module")
+def catalog_250(tmp_path_factory, dc2) -> str:
+    """250 random rows of the DC2 training catalog, with a few non-detections."""
+    cols = subset(dc2, random_rows(len(dc2["id"]), 250, seed=11))
+    cols["mag_u_lsst"] = cols["mag_u_lsst"].copy()
+    cols["mag_u_lsst"][::17] = 99.0
+    return write_catalog(tmp_path_factory.mktemp("cat250") / "cat.hdf5", cols)
+
+
+def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_250):
+    outputs = {}
+    for chunk in (64, 100_000):
+        cfg = write_config(tmp_path / f"config{chunk}.yml", estimate={"chunk_size": chunk})
+        outputs[chunk] = str(tmp_path / f"pz{chunk}.hdf5")
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=catalog_250, pz=outputs[chunk])
+    for group in ("meta", "data", "ancil"):
+        a, b = read_group(outputs[64], group), read_group(outputs[100_000], group)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
+    assert qp.read(outputs[64]).npdf == 250
+    assert np.all(np.isfinite(read_group(outputs[64], "ancil")["zmode"]))
+
+
+def test_interp_output(tmp_path, tiny_model_dir, estimate_output):
+    cfg = write_config(tmp_path / "config.yml",
+                       estimate={"output_format": "interp", "zmin": 0.0, "zmax": 3.0, "nzbins": 151})
+    pz = tmp_path / "pz.hdf5"
+    run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    ens = qp.read(str(pz))
+    assert ens.gen_class.name == "interp"
+    assert ens.npdf == 10
+    grid = np.linspace(0.0, 3.0, 151)
+    np.testing.assert_allclose(np.asarray(ens.metadata["xvals"]).ravel(), grid)
+    yvals = np.asarray(ens.objdata["yvals"])
+    assert yvals.shape == (10, 151) and np.all(yvals >= 0)
+    np.testing.assert_allclose(np.trapezoid(yvals, grid, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.trapezoid(ens.pdf(grid), grid, axis=1), 1.0, atol=1e-5)
+    # the same p(z) as the exact mixture output, renormalised on the grid
+    mix = qp.read(estimate_output).pdf(grid)
+    mix /= np.trapezoid(mix, grid, axis=1)[:, None]
+    np.testing.assert_allclose(yvals, mix, rtol=1e-4, atol=1e-6)
+    # point estimates do not depend on the output format
+    for key in POINT_ESTIMATES:
+        np.testing.assert_array_equal(ens.ancil[key], qp.read(estimate_output).ancil[key])
+
+
+# ---------------------------------------------------------------------------- failures mid-run
+def test_estimate_failure_mid_run_leaves_no_output(tmp_path, tiny_model_dir, monkeypatch):
+    calls = {"n": 0}
+    real_predict = DeepEnsemble.predict
+
+    def failing_predict(self, mags, errs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated failure in the second chunk")
+        return real_predict(self, mags, errs)
+
+    monkeypatch.setattr(DeepEnsemble, "predict", failing_predict)
+    cfg = write_config(tmp_path / "config.yml", estimate={"chunk_size": 3})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(RuntimeError, match="second chunk"):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    assert calls["n"] == 2  # the in-progress file had been written to
+    assert_no_output(pz)
+
+
+def test_inform_failure_mid_save_leaves_no_output(tmp_path, monkeypatch):
+    def failing_save(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "metadata.json"), "w") as fh:
+            fh.write("{")
+        raise OSError("simulated disk full")
+
+    monkeypatch.setattr(DeepEnsemble, "save", failing_save)
+    cfg = write_config(tmp_path / "config.yml", inform=TINY_INFORM)
+    model = tmp_path / "model"
+    with pytest.raises(OSError, match="disk full"):
+        run_stage("PZInform", cfg, training_catalog=TRAIN_100, model=str(model))
+    assert_no_output(model)
+
+
+def test_stage_declarations():
+    """Every option has a help message; the I/O tags are the pipeline's."""
+    assert [t for t, _ in PZInform.inputs] == ["training_catalog"]
+    assert [t for t, _ in PZInform.outputs] == ["model"]
+    assert [t for t, _ in PZEstimate.inputs] == ["model", "catalog"]
+    assert [t for t, _ in PZEstimate.outputs] == ["pz"]
+    for cls in (PZInform, PZEstimate):
+        for key, param in cls.config_options.items():
+            assert param.msg, f"{cls.name}.{key} has no help message"
+    assert PZEstimate.parallel and not PZInform.parallel

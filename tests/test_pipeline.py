@@ -1,0 +1,123 @@
+"""The photo-z pipeline end to end through ``ceci``, and RAIL's evaluator on its output."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qp
+import yaml
+
+from calipers.photoz import DeepEnsemble, mixture_pdf
+from conftest import GROUP, TINY_INFORM, mags_errs, random_rows, read_catalog, subprocess_env, subset, write_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 300, 200
+
+
+def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimate: dict) -> Path:
+    """A pipeline YAML and stage config like pipelines/photoz.yml + stages/photoz.yml."""
+    with open(REPO / "pipelines" / "photoz.yml") as fh:
+        pipe = yaml.safe_load(fh)
+    with open(REPO / "stages" / "photoz.yml") as fh:
+        stages = yaml.safe_load(fh)
+    stages["PZInform"].update(inform)
+    stages["PZEstimate"].update(estimate)
+    config = tmp / "config.yml"
+    config.write_text(yaml.safe_dump(stages, sort_keys=False))
+    pipe["inputs"] = {"training_catalog": training, "catalog": catalog}
+    pipe["config"] = str(config)
+    pipe["output_dir"] = str(tmp / "out")
+    pipe["log_dir"] = str(tmp / "out" / "logs")
+    pipe["site"]["max_threads"] = 1
+    path = tmp / "pipeline.yml"
+    path.write_text(yaml.safe_dump(pipe, sort_keys=False))
+    return path
+
+
+def run_ceci(pipeline: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["ceci", str(pipeline)], capture_output=True, text=True, env=subprocess_env(),
+                          cwd=pipeline.parent, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def catalogs(tmp_path_factory, dc2):
+    """Disjoint random training (300) and test (200) rows of the redshift-sorted DC2 catalog."""
+    d = tmp_path_factory.mktemp("catalogs")
+    n = len(dc2["id"])
+    train_rows = random_rows(n, N_TRAIN, seed=1)
+    test_rows = random_rows(n, N_TEST, seed=2, exclude=train_rows)
+    train = write_catalog(d / "train.hdf5", subset(dc2, train_rows))
+    test = write_catalog(d / "test.hdf5", subset(dc2, test_rows))
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, catalogs):
+    d = tmp_path_factory.mktemp("pipeline")
+    train, test = catalogs
+    inform = dict(TINY_INFORM, max_epochs=5)
+    pipe = pipeline_files(d, train, test, inform=inform, estimate={"chunk_size": 64})
+    proc = run_ceci(pipe)
+    return d, proc
+
+
+def test_pipeline_runs_end_to_end(pipeline_run, catalogs):
+    d, proc = pipeline_run
+    assert proc.returncode == 0, f"ceci failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = d / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "model", "pz.hdf5"]
+    ens = qp.read(str(out / "pz.hdf5"))
+    truth = read_catalog(catalogs[1])
+    assert ens.npdf == len(truth["id"]) == N_TEST
+    np.testing.assert_array_equal(ens.ancil["id"], truth["id"])
+    for key in ("zmode", "zmean", "zmedian", "zlo68", "zhi68"):
+        assert np.all(np.isfinite(ens.ancil[key])), key
+    model = DeepEnsemble.load(str(out / "model"))
+    assert model.config.n_members == TINY_INFORM["n_members"] and model.config.max_epochs == 5
+
+
+def test_pipeline_stops_on_a_misspelt_key(tmp_path, catalogs):
+    train, test = catalogs
+    pipe = pipeline_files(tmp_path, train, test, inform={**TINY_INFORM, "n_member": 2}, estimate={})
+    proc = run_ceci(pipe)
+    assert proc.returncode != 0
+    assert "ConfigError" in proc.stderr and "did you mean 'n_members'" in proc.stderr
+    out = tmp_path / "out"
+    assert not (out / "model").exists() and not (out / "pz.hdf5").exists()
+
+
+def test_rail_evaluator_reads_our_output(pipeline_run, catalogs, tmp_path, monkeypatch):
+    """RAIL's DistToPointEvaluator runs on the qp file and agrees with our own model."""
+    d, proc = pipeline_run
+    assert proc.returncode == 0
+    tables_io = pytest.importorskip("tables_io")
+    evaluators = pytest.importorskip("rail.evaluation.dist_to_point_evaluator")
+
+    monkeypatch.chdir(tmp_path)  # RAIL writes its outputs to the working directory
+    pz_path = str(d / "out" / "pz.hdf5")
+    ens = qp.read(pz_path)
+    truth = tables_io.read(catalogs[1])
+    stage = evaluators.DistToPointEvaluator.make_stage(
+        name="eval_calipers", metrics=["cdeloss", "pit", "brier"], force_exact=True,
+        hdf5_groupname=GROUP, reference_dictionary_key="redshift", _random_state=0,
+    )
+    result = stage.evaluate(ens, truth)
+    summary = result["summary"].data
+    assert set(summary) >= {"cdeloss", "brier"}
+    for key, value in summary.items():
+        assert np.all(np.isfinite(value)), key
+    pit = result["single_distribution_summary"].data["pit"]
+    assert pit.npdf == 1
+
+    # the CDE loss RAIL computed from the file equals the one from our model's mixtures
+    z_true = read_catalog(catalogs[1])["redshift"]
+    model = DeepEnsemble.load(str(d / "out" / "model"))
+    grid = np.linspace(0, 2.5, 301)  # qp's default CDE-loss grid
+    p = mixture_pdf(*model.predict(*mags_errs(read_catalog(catalogs[1]))), grid)
+    nearest = np.abs(grid[None, :] - z_true[:, None]).argmin(1)
+    expected = np.mean(np.trapezoid(p**2, grid, axis=1)) - 2 * np.mean(p[np.arange(len(z_true)), nearest])
+    assert float(np.ravel(summary["cdeloss"])[0]) == pytest.approx(expected, rel=1e-4)
+    assert os.path.exists(tmp_path / "summary_eval_calipers.hdf5")
