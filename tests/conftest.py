@@ -10,12 +10,19 @@ import os
 import sys
 from pathlib import Path
 
+# One torch/OpenMP thread: the models are tiny, and on a shared, loaded machine several
+# spinning OpenMP threads make training 10-50x slower (ceci runs stages the same way).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from calipers.core.paths import resolve_path
+
+torch.set_num_threads(1)
 
 BANDS = ["u", "g", "r", "i", "z", "y"]
 TRAIN_100 = "pkg://rail/examples_data/testdata/training_100gal.hdf5"

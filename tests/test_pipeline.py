@@ -32,6 +32,8 @@ def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimat
     pipe["output_dir"] = str(tmp / "out")
     pipe["log_dir"] = str(tmp / "out" / "logs")
     pipe["site"]["max_threads"] = 1
+    for stage in pipe["stages"]:
+        stage["threads_per_process"] = 1
     path = tmp / "pipeline.yml"
     path.write_text(yaml.safe_dump(pipe, sort_keys=False))
     return path

@@ -110,6 +110,12 @@ def test_load_rejects_foreign_directories(ensemble, tmp_path):
         DeepEnsemble.load(str(d))
 
 
+@pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"batch_size": 0}, {"learning_rate": 0.0}, {"patience": -1}])
+def test_config_rejects_unusable_training_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        DeepEnsemble(EnsembleConfig(**{**TINY_ENSEMBLE, **bad}))
+
+
 # ---------------------------------------------------------------------------- bands
 def test_check_bands(ensemble):
     ensemble.check_bands(BANDS)  # the training bands pass

@@ -159,6 +159,46 @@ def test_griz_model_takes_its_bands_from_the_model(tmp_path, griz_model_dir):
     assert qp.read(str(pz)).npdf == 10
 
 
+def test_catalog_without_id_column(tmp_path, valid10, tiny_model_dir):
+    cat = write_catalog(tmp_path / "no_id.hdf5", {k: v for k, v in valid10.items() if k != "id"})
+    cfg = write_config(tmp_path / "config.yml", estimate={})
+    pz = tmp_path / "pz.hdf5"
+    run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=cat, pz=str(pz))
+    ens = qp.read(str(pz))
+    assert ens.npdf == 10 and "id" not in ens.ancil and "zmode" in ens.ancil
+
+
+def test_estimate_missing_catalog_file_is_not_a_model_mismatch(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(FileNotFoundError):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=str(tmp_path / "typo.hdf5"), pz=str(pz))
+    assert_no_output(pz)
+
+
+def test_estimate_wrong_group_is_a_catalog_error(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={}, global_={"hdf5_groupname": "photometri"})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(CatalogError, match="no group 'photometri'"):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    assert_no_output(pz)
+
+
+def test_misspelt_global_key_is_an_error(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "config.yml", estimate={}, global_={"chunk_sise": 3})
+    pz = tmp_path / "pz.hdf5"
+    with pytest.raises(ConfigError, match="chunk_sise"):
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+
+
+def test_empty_stage_section_means_defaults(tmp_path, tiny_model_dir):
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("global:\n  hdf5_groupname: photometry\nPZEstimate:\n  # chunk_size: 10\n")
+    pz = tmp_path / "pz.hdf5"
+    run_stage("PZEstimate", str(cfg), model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
+    assert qp.read(str(pz)).npdf == 10
+
+
 # ---------------------------------------------------------------------------- outputs
 def test_inform_writes_a_loadable_model_with_provenance(tiny_model_dir, valid10):
     assert sorted(os.listdir(tiny_model_dir)) == ["metadata.json", "provenance.json", "weights.pt"]
@@ -167,7 +207,8 @@ def test_inform_writes_a_loadable_model_with_provenance(tiny_model_dir, valid10)
     assert ens.config.n_members == TINY_INFORM["n_members"]
     assert ens.config.hidden == TINY_INFORM["hidden"]
     assert all(h["epochs_run"] <= TINY_INFORM["max_epochs"] for h in ens.history)
-    prov = json.loads(open(os.path.join(tiny_model_dir, "provenance.json")).read())
+    with open(os.path.join(tiny_model_dir, "provenance.json")) as fh:
+        prov = json.load(fh)
     assert prov["calipers_version"] == calipers.__version__
     assert prov["stage"] == "PZInform"
     assert json.loads(prov["config"])["n_members"] == TINY_INFORM["n_members"]
@@ -240,24 +281,30 @@ def catalog_250(tmp_path_factory, dc2) -> str:
     return write_catalog(tmp_path_factory.mktemp("cat250") / "cat.hdf5", cols)
 
 
-def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_250):
+BATCH_BUG = ("DeepEnsemble.predict evaluates the MLP in float32 and torch's CPU matmul rounds differently "
+             "for very small batches, so chunks of a few rows change mixture parameters by ~1e-7 and zmode "
+             "(an unconverged mean-shift) by up to ~1e-4; platform dependent, hence not strict")
+
+
+@pytest.mark.parametrize("chunk", [64, 100, pytest.param(4, marks=pytest.mark.xfail(strict=False, reason=BATCH_BUG))])
+def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_250, chunk):
     outputs = {}
-    for chunk in (64, 100_000):
-        cfg = write_config(tmp_path / f"config{chunk}.yml", estimate={"chunk_size": chunk})
-        outputs[chunk] = str(tmp_path / f"pz{chunk}.hdf5")
-        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=catalog_250, pz=outputs[chunk])
+    for size in (chunk, 100_000):
+        cfg = write_config(tmp_path / f"config{size}.yml", estimate={"chunk_size": size})
+        outputs[size] = str(tmp_path / f"pz{size}.hdf5")
+        run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=catalog_250, pz=outputs[size])
     for group in ("meta", "data", "ancil"):
-        a, b = read_group(outputs[64], group), read_group(outputs[100_000], group)
+        a, b = read_group(outputs[chunk], group), read_group(outputs[100_000], group)
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
-    assert qp.read(outputs[64]).npdf == 250
-    assert np.all(np.isfinite(read_group(outputs[64], "ancil")["zmode"]))
+    assert qp.read(outputs[chunk]).npdf == 250
+    assert np.all(np.isfinite(read_group(outputs[chunk], "ancil")["zmode"]))
 
 
 def test_interp_output(tmp_path, tiny_model_dir, estimate_output):
-    cfg = write_config(tmp_path / "config.yml",
-                       estimate={"output_format": "interp", "zmin": 0.0, "zmax": 3.0, "nzbins": 151})
+    cfg = write_config(tmp_path / "config.yml",  # same chunks as estimate_output
+                       estimate={"output_format": "interp", "zmin": 0.0, "zmax": 3.0, "nzbins": 151, "chunk_size": 4})
     pz = tmp_path / "pz.hdf5"
     run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=VALID_10, pz=str(pz))
     ens = qp.read(str(pz))
@@ -276,6 +323,17 @@ def test_interp_output(tmp_path, tiny_model_dir, estimate_output):
     # point estimates do not depend on the output format
     for key in POINT_ESTIMATES:
         np.testing.assert_array_equal(ens.ancil[key], qp.read(estimate_output).ancil[key])
+
+
+def test_cli_describe_and_stages(estimate_output, capsys):
+    from calipers.cli import main
+
+    assert main(["describe", estimate_output]) == 0
+    out = capsys.readouterr().out
+    assert "10 distributions" in out and "mixmod" in out and calipers.__version__ in out
+    assert main(["stages"]) == 0
+    out = capsys.readouterr().out
+    assert "PZInform" in out and "PZEstimate" in out
 
 
 # ---------------------------------------------------------------------------- failures mid-run
@@ -323,3 +381,69 @@ def test_stage_declarations():
         for key, param in cls.config_options.items():
             assert param.msg, f"{cls.name}.{key} has no help message"
     assert PZEstimate.parallel and not PZInform.parallel
+
+
+# ---------------------------------------------------------------------------- MPI (simulated)
+class ThreadComm:
+    """The slice of an MPI communicator the stages use, for ranks running as threads."""
+
+    def __init__(self, rank: int, size: int, barrier, shared: dict):
+        self.rank, self.size, self.barrier, self.shared = rank, size, barrier, shared
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Barrier(self):
+        self.barrier.wait()
+
+    def bcast(self, obj, root=0):
+        if self.rank == root:
+            self.shared["bcast"] = obj
+        self.barrier.wait()
+        out = self.shared["bcast"]
+        self.barrier.wait()
+        return out
+
+
+def test_estimate_split_over_ranks_equals_serial(tmp_path, tiny_model_dir, estimate_output):
+    """Two ranks (threads with a shared barrier) write part files that rank 0 merges."""
+    import threading
+
+    cfg = write_config(tmp_path / "config.yml", estimate={"chunk_size": 4})  # as estimate_output
+    pz = tmp_path / "pz.hdf5"
+    size = 2
+    barrier = threading.Barrier(size, timeout=120)
+    errors = []
+    shared = {}
+
+    def rank_main(rank):
+        try:
+            stage = PZEstimate({"model": tiny_model_dir, "catalog": VALID_10, "pz": str(pz), "config": cfg},
+                               comm=ThreadComm(rank, size, barrier, shared))
+            assert stage.rank == rank and stage.size == size and stage.is_mpi()
+            stage.validate()
+            stage.run()
+            stage.finalize()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    if errors:
+        raise errors[0]
+    assert sorted(os.listdir(tmp_path)) == ["config.yml", "pz.hdf5"]  # no part or in-progress files
+    for group in ("data", "ancil"):
+        a, b = read_group(str(pz), group), read_group(estimate_output, group)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
+    with h5py.File(pz, "r") as f:
+        assert f["provenance"].attrs["calipers_version"] == calipers.__version__
+    assert qp.read(str(pz)).npdf == 10

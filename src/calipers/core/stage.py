@@ -17,6 +17,7 @@ and implement :meth:`process` (not ``run``).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import os
@@ -50,20 +51,19 @@ def Param(dtype, default=None, msg: str = "", required: bool | None = None) -> S
     return StageParameter(dtype, default, msg=msg, required=required)
 
 
-def _load_stage_section(config_file, instance_name: str) -> dict:
+def _load_overall_config(config_file) -> dict:
     if isinstance(config_file, dict):
-        overall = config_file
-    elif config_file in (None, "None", ""):
+        return config_file
+    if config_file in (None, "None", ""):
         return {}
-    else:
-        import yaml
-        from ceci.pipeline.templates import read_and_apply_template
+    import yaml
+    from ceci.pipeline.templates import read_and_apply_template
 
-        overall = yaml.safe_load(read_and_apply_template(config_file)) or {}
-    section = overall.get(instance_name) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config section '{instance_name}' must be a mapping, got {type(section).__name__}")
-    return section
+    overall = yaml.safe_load(read_and_apply_template(config_file)) or {}
+    if not isinstance(overall, dict):
+        raise ConfigError(f"{config_file}: a stage configuration file must be a mapping of stage name -> options")
+    # an empty section (every key commented out) parses as None: treat it as {}
+    return {k: ({} if v is None else v) for k, v in overall.items()}
 
 
 class CalipersStage(PipelineStage):
@@ -86,16 +86,38 @@ class CalipersStage(PipelineStage):
 
     # ------------------------------------------------------------------ config
     def read_config(self, args):
-        super().read_config(args)
+        overall = _load_overall_config(self.get_input("config"))
+        section = overall.get(self.instance_name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{self.instance_name}' must be a mapping, got {type(section).__name__}")
+        original = self._inputs["config"]
+        self._inputs["config"] = copy.deepcopy(overall)  # ceci accepts the parsed dict (and mutates it)
+        try:
+            super().read_config(args)
+        finally:
+            self._inputs["config"] = original
         known = set(self.config_options) | set(self.input_tags()) | set(self.output_tags()) | CECI_KEYS
-        section = _load_stage_section(self.get_input("config"), self.instance_name)
-        unknown = [(k, "config file") for k in section if k not in known]
-        unknown += [(k, "arguments") for k, v in args.items() if v is not None and k not in known]
+        unknown: dict[str, str] = {}
+        for k in section:
+            if k not in known:
+                unknown.setdefault(k, "config file")
+        for k, v in args.items():
+            if v is not None and k not in known:
+                unknown.setdefault(k, "arguments")
+        # 'global' options are shared: each must be known to some calipers stage
+        everyone = set(CECI_KEYS)
+        for name in self.registered():
+            cls = PipelineStage.pipeline_stages[name][0]
+            everyone |= set(cls.config_options) | set(cls.input_tags()) | set(cls.output_tags())
+        for k in overall.get("global", {}) or {}:
+            if k not in everyone:
+                unknown.setdefault(k, "global section")
         if unknown:
-            lines = []
             valid = sorted(set(self.config_options))
-            for key, where in unknown:
-                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            lines = []
+            for key, where in unknown.items():
+                pool = sorted(everyone) if where == "global section" else valid
+                close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 lines.append(f"unknown config key '{key}' (in {where}){hint}")
             raise ConfigError(
@@ -122,8 +144,11 @@ class CalipersStage(PipelineStage):
     def provenance(self) -> dict[str, str]:
         """Provenance record of this stage run (input hashes computed once)."""
         if not hasattr(self, "_provenance"):
-            inputs = {t: self.input_path(t) for t in self.input_tags()}
-            self._provenance = make_provenance(self.name, self.config_dict(), inputs)
+            prov = None
+            if self.rank == 0:  # hash each input once, not once per rank
+                inputs = {t: self.input_path(t) for t in self.input_tags()}
+                prov = make_provenance(self.name, self.config_dict(), inputs)
+            self._provenance = self.comm.bcast(prov, root=0) if self.comm is not None else prov
         return self._provenance
 
     def rng(self, *stream: int) -> np.random.Generator:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from calipers.core.errors import ModelMismatchError
-from calipers.photoz.mdn import MixtureDensityNetwork, mixture_nll
+from calipers.photoz.mdn import MixtureDensityNetwork, mixture_cde_loss, mixture_nll
 from calipers.photoz.preprocess import PhotometryPreprocessor
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,15 @@ class EnsembleConfig:
     n_components: int = 10
     hidden: int = 128
     n_layers: int = 3
+    activation: str = "silu"
+    colours: str = "adjacent"
+    cde_weight: float = 0.0
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     batch_size: int = 256
     max_epochs: int = 500
     patience: int = 25
+    lr_patience: int = 8
     val_fraction: float = 0.2
     augment: bool = False
     ema: float = 0.0
@@ -51,6 +55,12 @@ class EnsembleConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 0 or self.lr_patience < 0:
+            raise ValueError(f"need max_epochs >= 1, batch_size >= 1, patience >= 0, lr_patience >= 0: {self}")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.cde_weight < 0:
+            raise ValueError(f"need learning_rate > 0, weight_decay >= 0, cde_weight >= 0: {self}")
+        if self.colours not in ("adjacent", "all"):
+            raise ValueError(f"colours must be 'adjacent' or 'all', got {self.colours!r}")
 
 
 class DeepEnsemble:
@@ -76,7 +86,7 @@ class DeepEnsemble:
 
     def _new_member(self) -> MixtureDensityNetwork:
         c = self.config
-        return MixtureDensityNetwork(len(self.bands), c.n_components, c.hidden, c.n_layers)
+        return MixtureDensityNetwork(len(self.bands), c.n_components, c.hidden, c.n_layers, c.activation, c.colours)
 
     def fit(self, mags: np.ndarray, errs: np.ndarray, z: np.ndarray, bands: list[str], device: str = "cpu",
             progress: bool = True) -> "DeepEnsemble":
@@ -114,6 +124,13 @@ class DeepEnsemble:
             log.info("member %d: best validation NLL %.4f at epoch %d", k, hist["best_val_nll"], hist["best_epoch"])
         return self
 
+    def _loss(self, out, z):
+        """Training and early-stopping objective: NLL (+ cde_weight * CDE loss)."""
+        loss = mixture_nll(out, z)
+        if self.config.cde_weight > 0:
+            loss = loss + self.config.cde_weight * mixture_cde_loss(out, z)
+        return loss
+
     def _train_member(self, k, m, e, f, z, device, progress):
         c = self.config
         rng = np.random.default_rng([c.seed, k])
@@ -127,7 +144,7 @@ class DeepEnsemble:
         m, e, f, z = m.to(device), e.to(device), f.to(device), z.to(device)
         averaged = copy.deepcopy(net) if c.ema > 0 else net
         opt = torch.optim.AdamW(net.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=8)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=c.lr_patience)
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
         best, best_state, best_epoch, waited = float("inf"), None, -1, 0
         bar = tqdm(range(c.max_epochs), desc=f"member {k + 1}/{c.n_members}", disable=not progress, leave=False)
@@ -141,7 +158,7 @@ class DeepEnsemble:
                     noise = torch.randn(mb.shape, generator=gen, device=device)
                     mb = mb + e[b] * noise * (1 - f[b])
                 opt.zero_grad()
-                loss = mixture_nll(net(mb, e[b], f[b]), z[b])
+                loss = self._loss(net(mb, e[b], f[b]), z[b])
                 loss.backward()
                 opt.step()
                 if c.ema > 0:
@@ -150,7 +167,7 @@ class DeepEnsemble:
                             pa.mul_(c.ema).add_(p, alpha=1 - c.ema)
             averaged.eval()
             with torch.no_grad():
-                v = mixture_nll(averaged(m[val], e[val], f[val]), z[val]).item()
+                v = self._loss(averaged(m[val], e[val], f[val]), z[val]).item()
             sched.step(v)
             bar.set_postfix(val_nll=f"{v:.4f}")
             if v < best - 1e-4:
@@ -161,6 +178,9 @@ class DeepEnsemble:
                 if waited > c.patience:
                     break
         bar.close()
+        if best_state is None:
+            raise RuntimeError(f"member {k}: training diverged (validation loss never finite); "
+                               "lower learning_rate or check the inputs")
         out = self._new_member()
         out.load_state_dict({k_: t.cpu() for k_, t in best_state.items()})
         out.eval()
@@ -175,19 +195,28 @@ class DeepEnsemble:
                 "retrain the model or configure the matching bands"
             )
 
-    @torch.no_grad()
-    def predict(self, mags: np.ndarray, errs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mixture parameters of the ensemble p(z): weights, means, stds, each (n, n_members * K)."""
+    @torch.inference_mode()
+    def predict(self, mags: np.ndarray, errs: np.ndarray, block: int = 8192
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mixture parameters of the ensemble p(z): weights, means, stds, each (n, n_members * K).
+
+        Rows are processed in blocks of ``block`` so the activations stay in cache.
+        """
         if not self.members:
             raise RuntimeError("DeepEnsemble.predict called before fit or load")
         m, e, f = (torch.as_tensor(a) for a in self.preprocessor.transform(mags, errs))
-        ws, mus, ss = [], [], []
-        for net in self.members:
-            log_w, mu, log_s = net(m, e, f)
-            ws.append(torch.exp(log_w) / len(self.members))
-            mus.append(mu)
-            ss.append(torch.exp(log_s))
-        return (torch.cat(ws, 1).numpy(), torch.cat(mus, 1).numpy(), torch.cat(ss, 1).numpy())
+        n, k = len(m), self.config.n_components
+        shape = (n, len(self.members) * k)
+        w, mu, s = (torch.empty(shape, dtype=torch.float32) for _ in range(3))
+        for start in range(0, n, block):
+            sl = slice(start, min(start + block, n))
+            for j, net in enumerate(self.members):
+                log_w, mean, log_s = net(m[sl], e[sl], f[sl])
+                cols = slice(j * k, (j + 1) * k)
+                w[sl, cols] = torch.exp(log_w) / len(self.members)
+                mu[sl, cols] = mean
+                s[sl, cols] = torch.exp(log_s)
+        return w.numpy(), mu.numpy(), s.numpy()
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str) -> None:

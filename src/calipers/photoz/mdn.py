@@ -7,14 +7,20 @@ import torch
 from torch import nn
 
 
-def photometry_features(mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """Magnitudes, adjacent colours, log errors and non-detection flags, concatenated."""
-    colours = mags[:, :-1] - mags[:, 1:]
-    return torch.cat([mags, colours, torch.log(errs), flags], dim=1)
+def photometry_features(mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor,
+                        colours: str = "adjacent") -> torch.Tensor:
+    """Magnitudes, colours (adjacent bands, or all pairs), log errors and non-detection flags."""
+    if colours == "all":
+        i, j = torch.triu_indices(mags.shape[1], mags.shape[1], offset=1)
+        col = mags[:, i] - mags[:, j]
+    else:
+        col = mags[:, :-1] - mags[:, 1:]
+    return torch.cat([mags, col, torch.log(errs), flags], dim=1)
 
 
-def n_features(n_bands: int) -> int:
-    return 4 * n_bands - 1
+def n_features(n_bands: int, colours: str = "adjacent") -> int:
+    n_col = n_bands * (n_bands - 1) // 2 if colours == "all" else n_bands - 1
+    return 3 * n_bands + n_col
 
 
 class MixtureDensityNetwork(nn.Module):
@@ -33,33 +39,43 @@ class MixtureDensityNetwork(nn.Module):
         Width of the hidden layers.
     n_layers : int
         Number of hidden layers.
+    activation : str
+        Hidden-layer non-linearity: silu, relu, gelu or tanh.
     """
 
     LOG_SIGMA_MIN = math.log(1e-3)
     LOG_SIGMA_MAX = math.log(3.0)
 
-    def __init__(self, n_bands: int, n_components: int = 10, hidden: int = 128, n_layers: int = 3):
+    ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+    def __init__(self, n_bands: int, n_components: int = 10, hidden: int = 128, n_layers: int = 3,
+                 activation: str = "silu", colours: str = "adjacent"):
         super().__init__()
+        if colours not in ("adjacent", "all"):
+            raise ValueError(f"colours must be 'adjacent' or 'all', got {colours!r}")
+        self.colours = colours
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}, got {activation!r}")
         self.n_bands, self.n_components = n_bands, n_components
-        d = n_features(n_bands)
+        d = n_features(n_bands, colours)
         layers: list[nn.Module] = []
         for _ in range(n_layers):
-            layers += [nn.Linear(d, hidden), nn.SiLU()]
+            layers += [nn.Linear(d, hidden), self.ACTIVATIONS[activation]()]
             d = hidden
         layers.append(nn.Linear(d, 3 * n_components))
         self.net = nn.Sequential(*layers)
-        self.register_buffer("feature_mean", torch.zeros(n_features(n_bands)))
-        self.register_buffer("feature_std", torch.ones(n_features(n_bands)))
+        self.register_buffer("feature_mean", torch.zeros(d_in := n_features(n_bands, colours)))
+        self.register_buffer("feature_std", torch.ones(d_in))
 
     def set_scaling(self, mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor) -> None:
         """Fit the feature standardisation on training photometry."""
-        f = photometry_features(mags, errs, flags)
+        f = photometry_features(mags, errs, flags, self.colours)
         self.feature_mean.copy_(f.mean(0))
         self.feature_std.copy_(f.std(0).clamp_min(1e-6))
 
     def forward(self, mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor):
         """Return (log_weights, means, log_sigmas), each (n, n_components)."""
-        x = (photometry_features(mags, errs, flags) - self.feature_mean) / self.feature_std
+        x = (photometry_features(mags, errs, flags, self.colours) - self.feature_mean) / self.feature_std
         logits, means, log_sigma = self.net(x).split(self.n_components, dim=-1)
         return (
             torch.log_softmax(logits, dim=-1),
@@ -78,3 +94,13 @@ def mixture_log_prob(log_w: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Ten
 def mixture_nll(out, z: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of true redshifts under the network's mixtures."""
     return -mixture_log_prob(*out, z).mean()
+
+
+def mixture_cde_loss(out, z: torch.Tensor) -> torch.Tensor:
+    """Mean CDE loss (quadratic score) ``int p^2 dz - 2 p(z_true)``, analytic for Gaussian mixtures."""
+    log_w, mu, log_sigma = out
+    w, var = torch.exp(log_w), torch.exp(2 * log_sigma)
+    v = var[:, :, None] + var[:, None, :]
+    d = mu[:, :, None] - mu[:, None, :]
+    sq = (w[:, :, None] * w[:, None, :] * torch.exp(-0.5 * d * d / v) / torch.sqrt(2 * math.pi * v)).sum((1, 2))
+    return (sq - 2 * torch.exp(mixture_log_prob(log_w, mu, log_sigma, z))).mean()

@@ -86,25 +86,38 @@ def mixture_quantiles(weights, means, stds, probs, n_iter: int = 24, keep: int =
     return out.numpy().astype(np.float64)
 
 
-def mixture_mode(weights, means, stds, n_candidates: int = 3, n_iter: int = 6) -> np.ndarray:
+def mixture_mode(weights, means, stds, n_peaks: int = 16, n_starts: int = 3, max_iter: int = 100,
+                 tol: float = 1e-6) -> np.ndarray:
     """Global mode of each mixture.
 
-    Mean-shift (fixed-point) iterations start from the means of the ``n_candidates``
-    components with the highest peaks (w / sigma); the end point of highest density wins.
+    The mixture density is evaluated at the means of the ``n_peaks`` components with the highest
+    peaks (w / sigma); from the ``n_starts`` best of those, mean-shift (fixed-point) iterations
+    run until every row moves by less than ``tol`` (or ``max_iter``); the end point of highest
+    density wins.
     """
     w, mu, s = _f32(weights, means, stds)
     out = torch.empty(w.shape[0], dtype=torch.float32)
-    c = min(n_candidates, w.shape[1])
+    c = min(n_peaks, w.shape[1])
     for sl in _blocks(w.shape[0]):
         wb, mub, sb = w[sl], mu[sl], s[sl]
         logc = (torch.log(wb.clamp_min(1e-30)) - torch.log(sb))[:, None, :]
         mu3, inv3, iv3 = mub[:, None, :], (1.0 / sb)[:, None, :], (sb ** -2)[:, None, :]
-        z = mub.gather(1, torch.topk(logc[:, 0, :], c, dim=1).indices)  # (n, c)
-        for _ in range(n_iter):
+
+        def log_density(z):  # z (n, c) -> (n, c), up to a constant
+            return torch.logsumexp(logc - 0.5 * ((z[:, :, None] - mu3) * inv3) ** 2, dim=-1)
+
+        z = mub.gather(1, torch.topk(logc[:, 0, :], c, dim=1).indices)
+        z = z.gather(1, torch.topk(log_density(z), min(n_starts, c), dim=1).indices)
+        active = torch.ones_like(z, dtype=torch.bool)
+        for _ in range(max_iter):  # each start stops on its own, so rows never depend on their block
             r = torch.softmax(logc - 0.5 * ((z[:, :, None] - mu3) * inv3) ** 2, dim=-1)
-            z = (r * iv3 * mu3).sum(-1) / (r * iv3).sum(-1)
-        dens = torch.logsumexp(logc - 0.5 * ((z[:, :, None] - mu3) * inv3) ** 2, dim=-1)
-        out[sl] = z.gather(1, dens.argmax(1, keepdim=True))[:, 0]
+            new = (r * iv3 * mu3).sum(-1) / (r * iv3).sum(-1)
+            moved = (new - z).abs() >= tol
+            z = torch.where(active, new, z)
+            active &= moved
+            if not bool(active.any()):
+                break
+        out[sl] = z.gather(1, log_density(z).argmax(1, keepdim=True))[:, 0]
     return out.numpy().astype(np.float64)
 
 

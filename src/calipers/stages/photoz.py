@@ -128,12 +128,16 @@ class PZEstimate(CalipersStage):
     def validate(self):
         if self.config["output_format"] not in ("mixmod", "interp"):
             raise ConfigError(f"output_format must be 'mixmod' or 'interp', got {self.config['output_format']!r}")
+        if self.config["chunk_size"] < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {self.config['chunk_size']}")
         mags, errs = self._columns()
         path = self.input_path("catalog")
-        try:
-            catalog.require_columns(path, self.config["hdf5_groupname"], mags + errs)
-        except Exception as err:
-            raise ModelMismatchError(f"{err}; the model {self.input_path('model')} needs bands {self._model().bands}") from err
+        _, have = catalog.catalog_info(path, self.config["hdf5_groupname"])  # missing file/group errors pass through
+        missing = [c for c in mags + errs if c not in have]
+        if missing:
+            raise ModelMismatchError(
+                f"{path}: group '{self.config['hdf5_groupname']}' is missing column(s) {missing}; the model "
+                f"{self.input_path('model')} needs bands {self._model().bands} (it has {sorted(have)})")
 
     def process(self):
         self.validate()
