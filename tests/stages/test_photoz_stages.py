@@ -281,13 +281,10 @@ def catalog_250(tmp_path_factory, dc2) -> str:
     return write_catalog(tmp_path_factory.mktemp("cat250") / "cat.hdf5", cols)
 
 
-BATCH_BUG = ("DeepEnsemble.predict evaluates the MLP in float32 and torch's CPU matmul rounds differently "
-             "for very small batches, so chunks of a few rows change mixture parameters by ~1e-7 and zmode "
-             "(an unconverged mean-shift) by up to ~1e-4; platform dependent, hence not strict")
-
-
-@pytest.mark.parametrize("chunk", [64, 100, pytest.param(4, marks=pytest.mark.xfail(strict=False, reason=BATCH_BUG))])
+@pytest.mark.parametrize("chunk", [4, 64, 100])
 def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_250, chunk):
+    """Chunking changes nothing beyond float32 rounding: bit-identical for chunks of tens of rows;
+    for chunks of a few rows torch's CPU matmul may round differently (~1e-7 relative)."""
     outputs = {}
     for size in (chunk, 100_000):
         cfg = write_config(tmp_path / f"config{size}.yml", estimate={"chunk_size": size})
@@ -297,7 +294,10 @@ def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_25
         a, b = read_group(outputs[chunk], group), read_group(outputs[100_000], group)
         assert a.keys() == b.keys()
         for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
+            if chunk >= 64 or a[k].dtype.kind not in "f":
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
+            else:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=f"{group}/{k}")
     assert qp.read(outputs[chunk]).npdf == 250
     assert np.all(np.isfinite(read_group(outputs[chunk], "ancil")["zmode"]))
 

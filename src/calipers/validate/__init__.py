@@ -1,0 +1,19 @@
+"""Validation metrics for distributions (arrays / qp ensembles in, numbers out).
+
+NaN policy: a row whose p(z) or truth is not finite (or whose p(z) does not normalise) is
+**counted and reported** as ``n_invalid`` and left out of every metric; nothing is zero-filled.
+"""
+from calipers.validate.metrics import (
+    ZGRID,
+    cde_loss,
+    coverage,
+    crps,
+    grid_pdfs,
+    pit_tests,
+    pit_values,
+    point_metrics,
+    pz_metrics,
+)
+
+__all__ = ["ZGRID", "cde_loss", "coverage", "crps", "grid_pdfs", "pit_tests", "pit_values", "point_metrics",
+           "pz_metrics"]

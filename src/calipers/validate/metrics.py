@@ -1,0 +1,112 @@
+"""p(z) metrics on a common redshift grid.
+
+The definitions follow the neutral benchmark metrics (``benchmarks/pzmetrics.py``) so that our
+numbers and the benchmark's agree on the same inputs; in addition every function here applies
+an explicit NaN policy and works on qp ensembles chunk by chunk (bounded memory).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+ZGRID = np.linspace(0.0, 3.0, 601)
+
+
+def grid_pdfs(ens, zgrid: np.ndarray = ZGRID, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate a qp ensemble on ``zgrid``, normalised on the grid.
+
+    Returns
+    -------
+    pdfs : (n, m) array
+        Normalised densities (rows that are invalid are left as NaN).
+    valid : (n,) bool array
+        False where the density had non-finite values or did not normalise (> 0).
+    """
+    out = np.empty((ens.npdf, len(zgrid)))
+    for start in range(0, ens.npdf, chunk):
+        end = min(start + chunk, ens.npdf)
+        out[start:end] = np.asarray(ens[start:end].pdf(zgrid), dtype=float)
+    finite = np.all(np.isfinite(out), axis=1)
+    out = np.clip(np.where(finite[:, None], out, 0.0), 0, None)
+    norm = np.trapezoid(out, zgrid, axis=1)
+    valid = finite & (norm > 0)
+    out[valid] /= norm[valid, None]
+    out[~valid] = np.nan
+    return out, valid
+
+
+def _cdf(pdfs: np.ndarray, zgrid: np.ndarray) -> np.ndarray:
+    dz = zgrid[1] - zgrid[0]
+    cdf = np.cumsum(pdfs, axis=1) * dz
+    return np.clip(cdf / cdf[:, -1:], 0, 1)
+
+
+def _interp_rows(values: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> np.ndarray:
+    dz = zgrid[1] - zgrid[0]
+    idx = np.clip(np.searchsorted(zgrid, ztrue), 1, len(zgrid) - 1)
+    w = (ztrue - zgrid[idx - 1]) / dz
+    rows = np.arange(len(ztrue))
+    return (1 - w) * values[rows, idx - 1] + w * values[rows, idx]
+
+
+def pit_values(pdfs: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> np.ndarray:
+    """Probability integral transform: each row's CDF at its true redshift."""
+    return _interp_rows(_cdf(pdfs, zgrid), zgrid, ztrue)
+
+
+def pit_tests(pit: np.ndarray) -> dict[str, float]:
+    """KS, Cramer-von Mises and Anderson-Darling tests of PIT uniformity (statistics and p-values)."""
+    ks = stats.kstest(pit, "uniform")
+    cvm = stats.cramervonmises(pit, "uniform")
+    # Anderson-Darling statistic A^2 against U(0,1) (scipy's `anderson` has no uniform case)
+    u = np.sort(np.clip(pit, 1e-12, 1 - 1e-12))
+    n = len(u)
+    i = np.arange(1, n + 1)
+    a2 = -n - np.mean((2 * i - 1) * (np.log(u) + np.log1p(-u[::-1])))
+    return {"pit_ks": float(ks.statistic), "pit_ks_p": float(ks.pvalue), "pit_cvm": float(cvm.statistic),
+            "pit_cvm_p": float(cvm.pvalue), "pit_ad": float(a2)}
+
+
+def coverage(pit: np.ndarray, levels=(0.68, 0.95)) -> dict[float, float]:
+    """Fraction of truths inside the central interval of each level (from the PIT)."""
+    return {lev: float(np.mean((pit > (1 - lev) / 2) & (pit < 1 - (1 - lev) / 2))) for lev in levels}
+
+
+def crps(pdfs: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> float:
+    """Mean continuous ranked probability score on the grid."""
+    step = (zgrid[None, :] >= ztrue[:, None]).astype(float)
+    return float(np.mean(np.trapezoid((_cdf(pdfs, zgrid) - step) ** 2, zgrid, axis=1)))
+
+
+def cde_loss(pdfs: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> float:
+    """Conditional density estimation loss: mean int p^2 dz - 2 mean p(z_true) (lower is better)."""
+    return float(np.mean(np.trapezoid(pdfs ** 2, zgrid, axis=1)) - 2 * np.mean(_interp_rows(pdfs, zgrid, ztrue)))
+
+
+def point_metrics(zphot: np.ndarray, ztrue: np.ndarray) -> dict[str, float]:
+    """sigma_IQR, median bias and outlier rates of dz/(1+z)."""
+    dzn = (zphot - ztrue) / (1 + ztrue)
+    sig = float(np.subtract(*np.percentile(dzn, [75, 25])) / 1.349)
+    return {"sigma_iqr": sig, "bias": float(np.median(dzn)),
+            "outlier_3sig": float(np.mean(np.abs(dzn) > max(3 * sig, 0.06))),
+            "outlier_015": float(np.mean(np.abs(dzn) > 0.15))}
+
+
+def pz_metrics(ens, ztrue: np.ndarray, zgrid: np.ndarray = ZGRID, levels=(0.68, 0.95)) -> dict:
+    """Every p(z) metric for a qp ensemble against true redshifts, with the NaN policy applied."""
+    ztrue = np.asarray(ztrue, dtype=float)
+    if len(ztrue) != ens.npdf:
+        raise ValueError(f"{ens.npdf} distributions but {len(ztrue)} true redshifts")
+    pdfs, valid = grid_pdfs(ens, zgrid)
+    valid &= np.isfinite(ztrue)
+    p, z = pdfs[valid], ztrue[valid]
+    if len(z) == 0:
+        raise ValueError("no valid rows: every p(z) or true redshift is non-finite")
+    pit = pit_values(p, zgrid, z)
+    out = {"n": int(ens.npdf), "n_invalid": int((~valid).sum()), "cde_loss": cde_loss(p, zgrid, z),
+           "crps": crps(p, zgrid, z)}
+    out |= pit_tests(pit)
+    out["pit_outlier"] = float(np.mean((pit < 1e-4) | (pit > 1 - 1e-4)))
+    out |= {f"cov{int(round(100 * k))}": v for k, v in coverage(pit, levels).items()}
+    out |= point_metrics(zgrid[np.argmax(p, axis=1)], z)
+    return out

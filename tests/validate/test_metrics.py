@@ -1,0 +1,60 @@
+"""calipers.validate metrics: agreement with the neutral benchmark metrics, and the NaN policy."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qp
+
+from calipers.validate import pz_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import pzmetrics  # noqa: E402
+
+
+def random_ensemble(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(0.2, 2.5, (n, 3))
+    stds = rng.uniform(0.02, 0.2, (n, 3))
+    weights = rng.dirichlet(np.ones(3), n)
+    comp = np.array([rng.choice(3, p=w) for w in weights])
+    ztrue = rng.normal(means[np.arange(n), comp], stds[np.arange(n), comp])
+    return qp.Ensemble(qp.mixmod, data=dict(means=means, stds=stds, weights=weights)), np.clip(ztrue, 0.01, 2.99)
+
+
+def test_agrees_with_neutral_benchmark_metrics():
+    ens, z = random_ensemble()
+    ours = pz_metrics(ens, z)
+    ref = pzmetrics.metrics(pzmetrics.grid_pdfs(ens), z)
+    assert ours["n_invalid"] == 0 and ours["n"] == 500
+    for key in ("cde_loss", "pit_ks", "pit_cvm", "cov68", "cov95", "crps", "sigma_iqr", "bias", "outlier_015",
+                "outlier_3sig", "pit_outlier"):
+        assert ours[key] == pytest.approx(float(ref[key]), rel=1e-9, abs=1e-12), key
+
+
+def test_calibrated_truths_give_uniform_pit():
+    ens, z = random_ensemble(n=3000, seed=1)
+    m = pz_metrics(ens, z)
+    assert m["pit_ks_p"] > 0.001
+    assert abs(m["cov68"] - 0.68) < 0.03 and abs(m["cov95"] - 0.95) < 0.02
+
+
+def test_nan_rows_are_counted_not_zero_filled():
+    ens, z = random_ensemble(n=200, seed=2)
+    means = ens.objdata["means"].copy()
+    means[5] = np.nan
+    bad = qp.Ensemble(qp.mixmod, data=dict(means=means, stds=ens.objdata["stds"], weights=ens.objdata["weights"]))
+    z = z.copy()
+    z[7] = np.nan
+    m = pz_metrics(bad, z)
+    assert m["n_invalid"] == 2 and m["n"] == 200
+    keep = np.ones(200, bool)
+    keep[[5, 7]] = False
+    clean = pz_metrics(ens[np.flatnonzero(keep)], z[keep])
+    assert m["cde_loss"] == pytest.approx(clean["cde_loss"])
+
+
+def test_length_mismatch_is_an_error():
+    ens, z = random_ensemble(n=10)
+    with pytest.raises(ValueError, match="10 distributions but 9"):
+        pz_metrics(ens, z[:9])
