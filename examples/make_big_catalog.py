@@ -1,8 +1,8 @@
 """Build a large catalog by resampling DC2 rows and redrawing their photometric noise.
 
-Each output row is a random DC2 row whose detected magnitudes are redrawn as
-``m + err * N(0, 1)`` (errors kept), so rows are not exact copies. Non-detections stay
-non-detections. Written in chunks: memory stays flat whatever ``--rows`` is.
+Each output row is a random DC2 row whose measured magnitudes (error < 1 mag) are redrawn as
+``m + err * N(0, 1)`` (errors kept), so rows are not exact copies. Non-detections and
+magnitudes with errors of 1 mag or more are copied unchanged. Written in chunks: memory stays flat whatever ``--rows`` is.
 
     python examples/make_big_catalog.py --rows 1000000 --out data/dc2_1M.hdf5 --seed 1
 """
@@ -41,7 +41,8 @@ def make_catalog(out: str, rows: int, seed: int = 0, source: str = SOURCE, group
                     v = data[c][idx]
                     if c in mags:
                         err = data[c.replace("mag_", "mag_err_", 1)][idx]
-                        det = np.isfinite(v) & (np.abs(v) < 90)
+                        # redraw measured values only; a sentinel or a >= 1 mag error stays as it is
+                        det = np.isfinite(v) & (np.abs(v) < 90) & np.isfinite(err) & (err < 1)
                         v = np.where(det, v + err * rng.standard_normal(len(v)).astype(v.dtype), v)
                     elif c == "id":
                         v = np.arange(start, end, dtype=v.dtype)

@@ -121,7 +121,7 @@ def test_training_loss_falls_with_deep_ensemble():
 
     def heldout_nll(max_epochs: int):
         cfg = EnsembleConfig(n_members=2, n_components=3, hidden=16, n_layers=1, max_epochs=max_epochs,
-                             patience=50, learning_rate=1e-2, batch_size=64, seed=0)
+                             patience=50, learning_rate=1e-2, batch_size=64, ema=0.0, seed=0)
         ens = DeepEnsemble(cfg).fit(mags, errs, z, ["g", "r", "i"], progress=False)
         w, mu, s = ens.predict(mags_t, errs_t)
         out = (torch.log(torch.as_tensor(w)), torch.as_tensor(mu), torch.log(torch.as_tensor(s)))
@@ -234,3 +234,14 @@ def test_quantiles_invert_cdf(mix, probs):
         # quantiles are ordered like their probabilities
         order = np.argsort(probs, kind="stable")
         assert np.all(np.diff(q[i][order]) >= -1e-6)
+
+
+def test_weight_average_is_what_is_kept():
+    """With ema > 0 the kept member is the moving average of the weights, not the last iterate."""
+    mags, errs, z = toy_photometry(300, seed=4)
+    base = dict(n_members=1, n_components=3, hidden=16, n_layers=1, max_epochs=3, patience=50,
+                learning_rate=1e-2, batch_size=64, seed=0)
+    raw = DeepEnsemble(EnsembleConfig(**base, ema=0.0)).fit(mags, errs, z, ["g", "r", "i"], progress=False)
+    avg = DeepEnsemble(EnsembleConfig(**base, ema=0.99)).fit(mags, errs, z, ["g", "r", "i"], progress=False)
+    d_raw = sum((a - b).abs().sum().item() for a, b in zip(raw.members[0].parameters(), avg.members[0].parameters()))
+    assert d_raw > 0  # the average differs from the last iterate

@@ -35,17 +35,17 @@ class EnsembleConfig:
     hidden: int = 128
     n_layers: int = 3
     activation: str = "silu"
-    colours: str = "adjacent"
+    colours: str = "all"
     cde_weight: float = 0.0
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256
     max_epochs: int = 500
-    patience: int = 25
-    lr_patience: int = 8
+    patience: int = 40
+    lr_patience: int = 10
     val_fraction: float = 0.2
     augment: bool = False
-    ema: float = 0.0
+    ema: float = 0.999
     seed: int = 0
 
     def validate(self) -> None:

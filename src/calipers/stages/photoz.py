@@ -50,14 +50,18 @@ class PZInform(CalipersStage):
         "n_components": Param(int, 10, msg="Gaussian components per member"),
         "hidden": Param(int, 128, msg="Hidden-layer width"),
         "n_layers": Param(int, 3, msg="Number of hidden layers"),
-        "learning_rate": Param(float, 2e-3, msg="AdamW learning rate"),
+        "activation": Param(str, "silu", msg="Hidden-layer non-linearity: silu, relu, gelu or tanh"),
+        "colours": Param(str, "all", msg="Colour features: all band pairs, or adjacent bands only"),
+        "learning_rate": Param(float, 1e-3, msg="AdamW learning rate"),
         "weight_decay": Param(float, 1e-4, msg="AdamW weight decay"),
         "batch_size": Param(int, 256, msg="Mini-batch size"),
         "max_epochs": Param(int, 500, msg="Upper limit on epochs per member"),
-        "patience": Param(int, 25, msg="Early stopping: epochs without validation improvement"),
+        "patience": Param(int, 40, msg="Early stopping: epochs without validation improvement"),
+        "lr_patience": Param(int, 10, msg="Halve the learning rate after this many epochs without improvement"),
+        "cde_weight": Param(float, 0.0, msg="Add this multiple of the CDE loss to the NLL training objective"),
         "val_fraction": Param(float, 0.2, msg="Fraction of rows held out for early stopping (per member)"),
         "augment": Param(bool, False, msg="Redraw magnitudes within their errors at each epoch"),
-        "ema": Param(float, 0.0, msg="Exponential moving average of weights (0 = off, e.g. 0.995)"),
+        "ema": Param(float, 0.999, msg="Decay of the weight moving average that is validated and kept (0 = off)"),
     }
 
     def validate(self):
