@@ -43,7 +43,7 @@ class EnsembleConfig:
     max_epochs: int = 500
     patience: int = 40
     lr_patience: int = 10
-    val_fraction: float = 0.2
+    val_fraction: float = 0.1
     augment: bool = False
     ema: float = 0.999
     seed: int = 0
