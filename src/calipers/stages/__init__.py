@@ -3,5 +3,6 @@
 Importing this package registers every calipers stage with ceci.
 """
 from calipers.stages.photoz import PZEstimate, PZInform
+from calipers.stages.validation import ValidationGate
 
-__all__ = ["PZInform", "PZEstimate"]
+__all__ = ["PZInform", "PZEstimate", "ValidationGate"]

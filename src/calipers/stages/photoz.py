@@ -15,6 +15,7 @@ from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.qpio import QPChunkWriter, merge_parts
 from calipers.core.stage import CalipersStage, Param
 from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf, mixture_point_estimates
+from calipers.photoz.mixture import POINT_ESTIMATES
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class PZEstimate(CalipersStage):
         "bands": Param(list, [], msg="Bands expected by the model; empty = take them from the model"),
         "id_column": Param(str, "id", msg="Object-id column copied to the output ancil ('' to skip; skipped if absent)"),
         "chunk_size": Param(int, 100_000, msg="Rows per chunk; memory use scales with this, not the catalog"),
+        "point_estimates": Param(list, list(POINT_ESTIMATES),
+                                 msg="Point estimates stored in the ancil (subset of zmode, zmean, zmedian, zlo68, zhi68)"),
         "output_format": Param(str, "mixmod", msg="qp parameterization: mixmod (exact) or interp (on the z grid)"),
         "zmin": Param(float, 0.0, msg="Grid start for output_format=interp"),
         "zmax": Param(float, 3.0, msg="Grid end for output_format=interp"),
@@ -132,6 +135,9 @@ class PZEstimate(CalipersStage):
     def validate(self):
         if self.config["output_format"] not in ("mixmod", "interp"):
             raise ConfigError(f"output_format must be 'mixmod' or 'interp', got {self.config['output_format']!r}")
+        unknown = set(self.config["point_estimates"]) - set(POINT_ESTIMATES)
+        if unknown:
+            raise ConfigError(f"point_estimates: unknown {sorted(unknown)}; choose from {list(POINT_ESTIMATES)}")
         if self.config["chunk_size"] < 1:
             raise ConfigError(f"chunk_size must be >= 1, got {self.config['chunk_size']}")
         mags, errs = self._columns()
@@ -154,7 +160,8 @@ class PZEstimate(CalipersStage):
         id_col = c["id_column"] if c["id_column"] and c["id_column"] in have else ""
         read_cols = mag_cols + err_cols + ([id_col] if id_col else [])
         ncomp = ens.config.n_members * ens.config.n_components
-        ancil = ["zmode", "zmean", "zmedian", "zlo68", "zhi68"] + (["id"] if id_col else [])
+        which = [p for p in POINT_ESTIMATES if p in self.config["point_estimates"]]
+        ancil = which + (["id"] if id_col else [])
         if c["output_format"] == "mixmod":
             meta = {"pdf_name": np.array([b"mixmod"]), "pdf_version": np.array([0])}
             shapes = {"weights": (ncomp,), "means": (ncomp,), "stds": (ncomp,)}
@@ -174,7 +181,7 @@ class PZEstimate(CalipersStage):
             for start, end, cols in tqdm(chunks, total=len(ranges), desc=f"{self.instance_name} chunks",
                                          disable=self.rank != 0, leave=False):
                 w, mu, s = ens.predict(stack(cols, mag_cols), stack(cols, err_cols))
-                est = mixture_point_estimates(w, mu, s)
+                est = mixture_point_estimates(w, mu, s, which)
                 if id_col:
                     est["id"] = cols[id_col]
                 if c["output_format"] == "mixmod":

@@ -1,0 +1,42 @@
+"""Reports: ``report.json``, PNG figures and one ``index.html`` in a directory."""
+from __future__ import annotations
+
+import html
+import json
+import os
+
+
+def write_report(directory: str, title: str, summary: dict, checks: list, figures: dict,
+                 provenance: dict | None = None) -> str:
+    """Write a report directory; ``figures`` maps a file stem to a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    passed = all(c.passed for c in checks)
+    payload = {"title": title, "passed": passed, "checks": [c.to_dict() for c in checks],
+               "metrics": summary, "figures": [f"{k}.png" for k in figures], "provenance": provenance or {}}
+    with open(os.path.join(directory, "report.json"), "w") as fh:
+        json.dump(payload, fh, indent=2, default=float)
+    for stem, fig in figures.items():
+        fig.savefig(os.path.join(directory, f"{stem}.png"), dpi=110)
+        plt.close(fig)
+    rows = "\n".join(
+        f"<tr class='{'ok' if c.passed else 'bad'}'><td>{html.escape(c.name)}</td><td>{c.value:.5g}</td>"
+        f"<td>{html.escape(c.describe().split(': needs ')[1].rsplit(' -> ', 1)[0])}</td>"
+        f"<td>{'pass' if c.passed else 'FAIL'}</td><td>{html.escape(c.why)}</td></tr>" for c in checks)
+    metrics = "\n".join(f"<tr><td>{html.escape(str(k))}</td><td>{v:.5g}</td></tr>" if isinstance(v, float)
+                        else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                        for k, v in summary.items())
+    imgs = "\n".join(f"<img src='{k}.png' alt='{k}'>" for k in figures)
+    verdict = "PASSED" if passed else "FAILED"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
+.ok{{background:#eaf7ea}} .bad{{background:#fbe3e3}} img{{max-width:32%;margin:4px}}</style></head><body>
+<h1>{html.escape(title)}: {verdict}</h1>
+<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>rule</th><th>result</th><th>why</th></tr>{rows}</table>
+<h2>Figures</h2>{imgs}
+<h2>Metrics</h2><table>{metrics}</table>
+</body></html>"""
+    with open(os.path.join(directory, "index.html"), "w") as fh:
+        fh.write(page)
+    return directory

@@ -1,0 +1,96 @@
+"""Validation gate stages: judge an input, write a report, then pass or stop the pipeline."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import numpy as np
+
+from calipers.core import catalog
+from calipers.core.errors import ConfigError, GateFailed
+from calipers.core.file_types import HDF5Catalog, QPEnsembleFile, ReportDir
+from calipers.core.report import write_report
+from calipers.core.stage import CalipersStage, Param
+
+log = logging.getLogger(__name__)
+
+GATE_OPTIONS = {
+    "on_fail": Param(str, "error", msg="error (stop the pipeline) or warn (log and go on; for exploration only)"),
+}
+
+
+class GateStage(CalipersStage):
+    """Common end of every gate: write the report; on failure move it aside and raise."""
+
+    report_tag = "report"
+
+    def validate(self):
+        if self.config["on_fail"] not in ("error", "warn"):
+            raise ConfigError(f"on_fail must be 'error' or 'warn', got {self.config['on_fail']!r}")
+
+    def conclude(self, title: str, summary: dict, checks: list, figures: dict) -> None:
+        path = self.output_path(self.report_tag)
+        write_report(path, title, summary, checks, figures, provenance=self.provenance())
+        failed = [c.describe() for c in checks if not c.passed]
+        for c in checks:
+            log.info("%s", c.describe())
+        if not failed:
+            return
+        if self.config["on_fail"] == "warn":
+            log.warning("gate %s FAILED %d check(s) but on_fail=warn: going on", self.instance_name, len(failed))
+            return
+        # keep the report for the user, under a name that is not the declared output (so a resumed
+        # pipeline never mistakes a failed gate for a finished one)
+        final = self.get_output(self.report_tag, final_name=True) + ".FAILED"
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        shutil.move(path, final)
+        raise GateFailed(failed, report=os.path.join(os.path.abspath(final), "index.html"))
+
+
+class ValidationGate(GateStage):
+    """Score a p(z) qp ensemble against true redshifts and stop the pipeline if it fails.
+
+    Checks (thresholds in config): invalid (NaN) fraction, PIT KS, 68/95% coverage, CDE loss,
+    catastrophic outliers. Writes ``report.json``, a PIT histogram with its null band, the
+    coverage curve and ``index.html``.
+    """
+
+    name = "ValidationGate"
+    parallel = False
+    inputs = [("pz", QPEnsembleFile), ("truth", HDF5Catalog)]
+    outputs = [("report", ReportDir)]
+    config_options = CalipersStage.config_options | GATE_OPTIONS | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalog holding the columns"),
+        "redshift_column": Param(str, "redshift", msg="True-redshift column of the truth catalog"),
+        "max_pit_ks": Param(float, 0.05, msg="Largest allowed KS distance of the PIT from uniform"),
+        "max_coverage_error": Param(float, 0.03, msg="Largest allowed |coverage - nominal| at 68% and 95%"),
+        "max_cde_loss": Param(float, -3.0, msg="Largest allowed CDE loss (training n(z) for all scores ~ -0.7)"),
+        "max_invalid_fraction": Param(float, 0.0, msg="Largest allowed fraction of rows with NaN/inf p(z) or truth"),
+        "max_outlier_015": Param(float, 0.10, msg="Largest allowed fraction with |zmode - z|/(1+z) > 0.15"),
+        "zmax": Param(float, 3.0, msg="Upper end of the metric grid (starts at 0)"),
+        "nzbins": Param(int, 601, msg="Points in the metric grid"),
+    }
+
+    def process(self):
+        import qp
+
+        from calipers.validate import gate, plots
+        from calipers.validate.metrics import grid_pdfs, pit_values, pz_metrics
+
+        c = self.config
+        ens = qp.read(self.input_path("pz"))
+        truth_path = self.input_path("truth")
+        z = catalog.read_columns(truth_path, c["hdf5_groupname"], [c["redshift_column"]])[c["redshift_column"]]
+        if len(z) != ens.npdf:
+            raise ValueError(f"{self.input_path('pz')} holds {ens.npdf} p(z) but {truth_path} has {len(z)} rows")
+        zgrid = np.linspace(0.0, c["zmax"], c["nzbins"])
+        m = pz_metrics(ens, z, zgrid)
+        checks = gate.pz_gate_checks(m, c["max_pit_ks"], c["max_coverage_error"], c["max_cde_loss"],
+                                     c["max_invalid_fraction"], c["max_outlier_015"])
+        pdfs, valid = grid_pdfs(ens, zgrid)
+        valid &= np.isfinite(z)
+        pit = pit_values(pdfs[valid], zgrid, z[valid]) if valid.any() else np.array([0.5])
+        figures = {"pit_histogram": plots.pit_histogram(pit), "coverage": plots.coverage_curve(pit)}
+        self.conclude(f"p(z) validation gate: {os.path.basename(self.input_path('pz'))}", m, checks, figures)
