@@ -36,18 +36,40 @@ TRAIN = TESTDATA + "test_dc2_training_9816.hdf5"
 TEST = TESTDATA + "test_dc2_validation_9816.hdf5"
 
 
+def _vm_hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Run a command; return (wall seconds, peak RSS in MB of that process)."""
+    """Run a command; return (wall seconds, peak RSS in MB of that process).
+
+    The peak is the child's own VmHWM, polled until it exits (``ru_maxrss`` of a child is
+    polluted by the parent's high-water mark at fork time on Linux).
+    """
+    import threading
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()))
+    reader.start()
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _vm_hwm_mb(proc.pid))
+        time.sleep(0.05)
+    reader.join()
     dt = time.perf_counter() - t0
     if proc.returncode:
-        sys.stderr.write(out)
+        sys.stderr.write("".join(chunks))
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return dt, usage.ru_maxrss / 1024.0
+    return dt, peak
 
 
 def grid_pdfs_chunked(ens, chunk: int = 2000) -> np.ndarray:

@@ -85,3 +85,35 @@ def merge_parts(target: str, parts: Sequence[tuple[str, Sequence[tuple[int, int]
                             out[group][k][start:end] = src[group][k][offset:offset + n]
                     offset += n
             os.remove(part)
+
+
+def qp_size(path: str) -> int:
+    """Number of distributions in a qp HDF5 file (without loading it)."""
+    with h5py.File(path, "r") as f:
+        first = next(iter(f["data"].values()))
+        return first.shape[0]
+
+
+def read_qp_rows(path: str, start: int, end: int):
+    """Rows [start, end) of a qp HDF5 file as a qp Ensemble (mixmod, interp, hist, ...).
+
+    Reads only those rows (plus the small ``meta`` table), so an ensemble of any size can be
+    processed chunk by chunk.
+    """
+    import qp
+
+    with h5py.File(path, "r") as f:
+        name = f["meta"]["pdf_name"][0]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        meta = {k: f["meta"][k][()] for k in f["meta"]}
+        data = {k: f["data"][k][start:end] for k in f["data"]}
+        ancil = {k: f["ancil"][k][start:end] for k in f["ancil"]} if "ancil" in f else {}
+    cls = qp.stats.__dict__.get(name) or getattr(qp, name, None)
+    if cls is None:
+        raise ValueError(f"{path}: unknown qp parameterization {name!r}")
+    shared = {k: (v[0] if np.ndim(v) == 2 and v.shape[0] == 1 else v) for k, v in meta.items()
+              if k not in ("pdf_name", "pdf_version")}
+    ens = qp.Ensemble(cls, data={**shared, **data})
+    if ancil:
+        ens.set_ancil(ancil)
+    return ens

@@ -4,5 +4,7 @@ Importing this package registers every calipers stage with ceci.
 """
 from calipers.stages.photoz import PZEstimate, PZInform
 from calipers.stages.validation import ValidationGate
+from calipers.stages.calibration import PZApplyCalibration, PZCalibrate
+from calipers.stages.catalogs import CatalogSplit
 
-__all__ = ["PZInform", "PZEstimate", "ValidationGate"]
+__all__ = ["CatalogSplit", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]

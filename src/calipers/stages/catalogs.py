@@ -1,0 +1,72 @@
+"""Catalog plumbing stages."""
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+
+from calipers.core import catalog
+from calipers.core.errors import ConfigError
+from calipers.core.file_types import HDF5Catalog
+from calipers.core.stage import CalipersStage, Param
+
+log = logging.getLogger(__name__)
+
+
+class CatalogSplit(CalipersStage):
+    """Split a catalog at random (seeded) into two catalogs, streaming in chunks.
+
+    Each row goes to ``part_a`` with probability ``fraction_a``, otherwise to ``part_b``; the
+    assignment depends only on the seed and the row's chunk, so it is reproducible. Use it to
+    hold out a calibration set: never take the first N rows of a sorted catalog.
+    """
+
+    name = "CatalogSplit"
+    parallel = False
+    inputs = [("catalog", HDF5Catalog)]
+    outputs = [("part_a", HDF5Catalog), ("part_b", HDF5Catalog)]
+    config_options = CalipersStage.config_options | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group holding the columns (kept in both outputs)"),
+        "fraction_a": Param(float, 0.5, msg="Probability that a row goes to part_a"),
+        "chunk_size": Param(int, 1_000_000, msg="Rows per chunk"),
+    }
+
+    def validate(self):
+        if not 0 < self.config["fraction_a"] < 1:
+            raise ConfigError(f"fraction_a must be in (0, 1), got {self.config['fraction_a']}")
+
+    def process(self):
+        c = self.config
+        group = c["hdf5_groupname"]
+        path = self.input_path("catalog")
+        n, cols = catalog.catalog_info(path, group)
+        with h5py.File(path, "r") as f:
+            src = f[group] if group else f
+            dtypes = {k: src[k].dtype for k in cols}
+        outs = {}
+        for tag in ("part_a", "part_b"):
+            f = h5py.File(self.output_path(tag), "w")
+            g = f.create_group(group) if group else f
+            for k in cols:
+                g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dtypes[k], chunks=True)
+            prov = f.create_group("provenance")
+            for key, value in self.provenance().items():
+                prov.attrs[key] = value
+            outs[tag] = (f, g)
+        try:
+            for i, (start, end, data) in enumerate(catalog.iter_chunks(path, group, cols, c["chunk_size"])):
+                to_a = self.rng(i).random(end - start) < c["fraction_a"]
+                for tag, mask in (("part_a", to_a), ("part_b", ~to_a)):
+                    g = outs[tag][1]
+                    m = int(mask.sum())
+                    if m == 0:
+                        continue
+                    for k in cols:
+                        d = g[k]
+                        d.resize((d.shape[0] + m,))
+                        d[-m:] = data[k][mask]
+        finally:
+            for f, _ in outs.values():
+                f.close()
+        log.info("split %d rows of %s", n, path)
