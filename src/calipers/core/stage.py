@@ -96,13 +96,15 @@ class CalipersStage(PipelineStage):
             super().read_config(args)
         finally:
             self._inputs["config"] = original
-        known = set(self.config_options) | set(self.input_tags()) | set(self.output_tags()) | CECI_KEYS
+        tags = set(self.input_tags()) | set(self.output_tags())
+        known = set(self.config_options) | tags | {self.get_aliased_tag(t) for t in tags} | CECI_KEYS
         unknown: dict[str, str] = {}
         for k in section:
             if k not in known:
                 unknown.setdefault(k, "config file")
+        shared = set(overall.get("global") or {})  # checked below against every stage's options
         for k, v in args.items():
-            if v is not None and k not in known:
+            if v is not None and k not in known and k not in shared:
                 unknown.setdefault(k, "arguments")
         # 'global' options are shared: each must be known to some calipers stage
         everyone = set(CECI_KEYS)
