@@ -9,11 +9,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from calipers.calibrate import PITRecalibrator
-from calipers.core import catalog
 from calipers.core.errors import ConfigError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.qpio import QPChunkWriter, qp_size, read_qp_rows
 from calipers.core.stage import CalipersStage, Param
+from calipers.stages.validation import TRUTH_OPTIONS, read_truth
 from calipers.validate.metrics import grid_pdfs, pit_values
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,7 @@ class PZCalibrate(CalipersStage):
     config_options = CalipersStage.config_options | GRID_OPTIONS | {
         "method": Param(str, "pit_global", msg="Calibration method: pit_global (PIT remapping)"),
         "n_knots": Param(int, 100, msg="PIT quantiles describing the remapping (fewer = smoother)"),
-        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalog holding the columns"),
-        "redshift_column": Param(str, "redshift", msg="True-redshift column"),
-    }
+    } | TRUTH_OPTIONS
 
     def validate(self):
         if self.config["method"] not in METHODS:
@@ -51,11 +49,9 @@ class PZCalibrate(CalipersStage):
 
     def process(self):
         c = self.config
-        pz_path, truth_path = self.input_path("calibration_pz"), self.input_path("calibration_truth")
-        z = catalog.read_columns(truth_path, c["hdf5_groupname"], [c["redshift_column"]])[c["redshift_column"]]
+        pz_path = self.input_path("calibration_pz")
         n = qp_size(pz_path)
-        if n != len(z):
-            raise ValueError(f"{pz_path} holds {n} p(z) but {truth_path} has {len(z)} rows")
+        z = read_truth(self, "calibration_truth", n, pz_path)
         zgrid = _grid(c)
         pits = []
         for start in range(0, n, c["chunk_size"]):

@@ -15,6 +15,22 @@ from calipers.core.stage import CalipersStage, Param
 
 log = logging.getLogger(__name__)
 
+TRUTH_OPTIONS = {
+    "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalog holding the columns"),
+    "redshift_column": Param(str, "redshift", msg="True-redshift column of the truth catalog"),
+}
+
+
+def read_truth(stage: CalipersStage, tag: str, n_expected: int, against: str) -> np.ndarray:
+    """True redshifts from a stage's truth input, checked to have one row per distribution."""
+    path = stage.input_path(tag)
+    col = stage.config["redshift_column"]
+    z = catalog.read_columns(path, stage.config["hdf5_groupname"], [col])[col]
+    if len(z) != n_expected:
+        raise ValueError(f"{against} holds {n_expected} p(z) but {path} has {len(z)} rows")
+    return z
+
+
 GATE_OPTIONS = {
     "on_fail": Param(str, "error", msg="error (stop the pipeline) or warn (log and go on; for exploration only)"),
 }
@@ -61,9 +77,7 @@ class ValidationGate(GateStage):
     parallel = False
     inputs = [("pz", QPEnsembleFile), ("truth", HDF5Catalog)]
     outputs = [("report", ReportDir)]
-    config_options = CalipersStage.config_options | GATE_OPTIONS | {
-        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalog holding the columns"),
-        "redshift_column": Param(str, "redshift", msg="True-redshift column of the truth catalog"),
+    config_options = CalipersStage.config_options | GATE_OPTIONS | TRUTH_OPTIONS | {
         "max_pit_ks": Param(float, 0.05, msg="Largest allowed KS distance of the PIT from uniform"),
         "max_coverage_error": Param(float, 0.03, msg="Largest allowed |coverage - nominal| at 68% and 95%"),
         "max_cde_loss": Param(float, -3.0, msg="Largest allowed CDE loss (training n(z) for all scores ~ -0.7)"),
@@ -81,10 +95,7 @@ class ValidationGate(GateStage):
 
         c = self.config
         ens = qp.read(self.input_path("pz"))
-        truth_path = self.input_path("truth")
-        z = catalog.read_columns(truth_path, c["hdf5_groupname"], [c["redshift_column"]])[c["redshift_column"]]
-        if len(z) != ens.npdf:
-            raise ValueError(f"{self.input_path('pz')} holds {ens.npdf} p(z) but {truth_path} has {len(z)} rows")
+        z = read_truth(self, "truth", ens.npdf, self.input_path("pz"))
         zgrid = np.linspace(0.0, c["zmax"], c["nzbins"])
         m = pz_metrics(ens, z, zgrid)
         checks = gate.pz_gate_checks(m, c["max_pit_ks"], c["max_coverage_error"], c["max_cde_loss"],

@@ -24,7 +24,7 @@ def pit_histogram(pit: np.ndarray, bins: int = 50):
     ax.axhspan(expect - 2 * sd, expect + 2 * sd, color="0.6", alpha=0.4, label="uniform, 95% band")
     ax.axhline(expect, color="k", lw=0.8)
     ax.set(xlabel="PIT", ylabel="count", title=f"PIT histogram (n = {n})")
-    ax.legend(loc="upper center")
+    ax.legend(loc="lower center")
     fig.tight_layout()
     return fig
 
