@@ -3,8 +3,8 @@
 Importing this package registers every calipers stage with ceci.
 """
 from calipers.stages.photoz import PZEstimate, PZInform
-from calipers.stages.validation import ValidationGate
+from calipers.stages.validation import ShiftTest, ValidationGate
 from calipers.stages.calibration import PZApplyCalibration, PZCalibrate
-from calipers.stages.catalogs import CatalogSplit
+from calipers.stages.catalogs import CatalogCut, CatalogSplit
 
-__all__ = ["CatalogSplit", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]
+__all__ = ["CatalogCut", "CatalogSplit", "ShiftTest", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]

@@ -70,3 +70,49 @@ class CatalogSplit(CalipersStage):
             for f, _ in outs.values():
                 f.close()
         log.info("split %d rows of %s", n, path)
+
+
+class CatalogCut(CalipersStage):
+    """Keep the rows whose ``column`` lies in [``min_value``, ``max_value``], streaming in chunks."""
+
+    name = "CatalogCut"
+    parallel = False
+    inputs = [("catalog", HDF5Catalog)]
+    outputs = [("selected", HDF5Catalog)]
+    config_options = CalipersStage.config_options | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group holding the columns"),
+        "column": Param(str, "mag_i_lsst", msg="Column the cut is applied to"),
+        "min_value": Param(float, float("-inf"), msg="Smallest value kept"),
+        "max_value": Param(float, float("inf"), msg="Largest value kept"),
+        "chunk_size": Param(int, 1_000_000, msg="Rows per chunk"),
+    }
+
+    def process(self):
+        c = self.config
+        group, path = c["hdf5_groupname"], self.input_path("catalog")
+        n, cols = catalog.catalog_info(path, group)
+        if c["column"] not in cols:
+            raise ConfigError(f"{path}: no column '{c['column']}' to cut on (columns: {sorted(cols)})")
+        with h5py.File(path, "r") as f:
+            dtypes = {k: (f[group] if group else f)[k].dtype for k in cols}
+        kept = 0
+        with h5py.File(self.output_path("selected"), "w") as f:
+            g = f.create_group(group) if group else f
+            for k in cols:
+                g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dtypes[k], chunks=True)
+            prov = f.create_group("provenance")
+            for key, value in self.provenance().items():
+                prov.attrs[key] = value
+            for _, _, data in catalog.iter_chunks(path, group, cols, c["chunk_size"]):
+                v = data[c["column"]]
+                keep = (v >= c["min_value"]) & (v <= c["max_value"])
+                m = int(keep.sum())
+                if m == 0:
+                    continue
+                for k in cols:
+                    g[k].resize((kept + m,))
+                    g[k][kept:] = data[k][keep]
+                kept += m
+        if kept == 0:
+            raise ValueError(f"{path}: no row has {c['min_value']} <= {c['column']} <= {c['max_value']}")
+        log.info("kept %d of %d rows", kept, n)

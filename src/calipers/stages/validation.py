@@ -105,3 +105,75 @@ class ValidationGate(GateStage):
         pit = pit_values(pdfs[valid], zgrid, z[valid]) if valid.any() else np.array([0.5])
         figures = {"pit_histogram": plots.pit_histogram(pit), "coverage": plots.coverage_curve(pit)}
         self.conclude(f"p(z) validation gate: {os.path.basename(self.input_path('pz'))}", m, checks, figures)
+
+
+class ShiftTest(GateStage):
+    """Test whether a target catalog's photometry is drawn like the training catalog's.
+
+    Features: magnitudes and adjacent colours (non-detections replaced by the reference
+    catalog's fill magnitudes, see :mod:`calipers.photoz.preprocess`). Runs a kernel MMD test
+    with a permutation p-value and a classifier two-sample test; fails when either p-value is
+    below ``min_p_value``.
+    """
+
+    name = "ShiftTest"
+    parallel = False
+    inputs = [("reference_catalog", HDF5Catalog), ("target_catalog", HDF5Catalog)]
+    outputs = [("shift_report", ReportDir)]
+    report_tag = "shift_report"
+    config_options = CalipersStage.config_options | GATE_OPTIONS | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group holding the columns in both catalogs"),
+        "bands": Param(list, ["u", "g", "r", "i", "z", "y"], msg="Bands whose photometry is compared"),
+        "mag_column": Param(str, "mag_{band}_lsst", msg="Magnitude column pattern"),
+        "err_column": Param(str, "mag_err_{band}_lsst", msg="Magnitude-error column pattern"),
+        "min_p_value": Param(float, 0.01, msg="Fail when a test's p-value is below this"),
+        "max_rows": Param(int, 1500, msg="Rows drawn (seeded) from each catalog for the MMD test"),
+        "n_permutations": Param(int, 200, msg="Permutations for the MMD p-value"),
+    }
+
+    def _features(self, tag, prep=None):
+        from calipers.photoz.preprocess import PhotometryPreprocessor
+
+        c = self.config
+        mags = [c["mag_column"].format(band=b) for b in c["bands"]]
+        errs = [c["err_column"].format(band=b) for b in c["bands"]]
+        cols = catalog.read_columns(self.input_path(tag), c["hdf5_groupname"], mags + errs)
+        m = np.stack([cols[k] for k in mags], 1)
+        e = np.stack([cols[k] for k in errs], 1)
+        prep = prep or PhotometryPreprocessor(list(c["bands"])).fit(m, e)
+        clean, _, _ = prep.transform(m, e)
+        return np.hstack([clean, clean[:, :-1] - clean[:, 1:]]), prep
+
+    def process(self):
+        from calipers.validate.gate import Check
+        from calipers.validate.shift import classifier_two_sample_test, mmd_test
+
+        c = self.config
+        ref, prep = self._features("reference_catalog")
+        tgt, _ = self._features("target_catalog", prep)
+        mmd = mmd_test(ref, tgt, n_permutations=c["n_permutations"], max_n=c["max_rows"], seed=c["seed"])
+        c2st = classifier_two_sample_test(ref, tgt, seed=c["seed"])
+        checks = [Check("mmd_p_value", mmd.p_value, ">=", c["min_p_value"], why=f"MMD^2 = {mmd.statistic:.3g}"),
+                  Check("classifier_p_value", c2st.p_value, ">=", c["min_p_value"],
+                        why=f"held-out accuracy {c2st.statistic:.3f} (0.5 = indistinguishable)")]
+        summary = {"mmd": mmd.to_dict(), "classifier": c2st.to_dict(), "n_reference": len(ref), "n_target": len(tgt)}
+        self.conclude("Covariate-shift test: training vs target photometry", summary, checks,
+                      {"features": self._figure(ref, tgt)})
+
+    def _figure(self, ref, tgt):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        nb = len(self.config["bands"])
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        j = min(3, nb - 1)
+        for data, label in ((ref, "reference"), (tgt, "target")):
+            axes[0].hist(data[:, j], bins=60, density=True, histtype="step", label=label)
+            axes[1].scatter(data[:2000, nb + 1], data[:2000, nb + 2], s=1, alpha=0.4, label=label)
+        axes[0].set(xlabel=f"{self.config['bands'][j]} magnitude", ylabel="density")
+        axes[1].set(xlabel="colour 2", ylabel="colour 3")
+        axes[0].legend()
+        fig.tight_layout()
+        return fig
