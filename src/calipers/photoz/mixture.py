@@ -17,19 +17,26 @@ def _t(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float64)
 
 
+def _grid_eval(weights, means, stds, z, kernel) -> np.ndarray:
+    """Evaluate sum_k w_k kernel(z, mu_k, s_k) on a grid, in row blocks of bounded memory."""
+    w, mu, s, zg = _t(weights), _t(means), _t(stds), _t(z)
+    out = np.empty((w.shape[0], len(zg)))
+    rows = max(1, 4_000_000 // max(1, w.shape[1] * len(zg)))  # ~32 MB per (rows, K, m) temporary
+    for a in range(0, w.shape[0], rows):
+        b = min(a + rows, w.shape[0])
+        out[a:b] = (w[a:b, :, None] * kernel(zg[None, None, :], mu[a:b, :, None], s[a:b, :, None])).sum(1).numpy()
+    return out
+
+
 def mixture_pdf(weights, means, stds, z) -> np.ndarray:
     """p(z) on a grid ``z`` (m,) for every object: (n, m)."""
-    w, mu, s, zg = _t(weights), _t(means), _t(stds), _t(z)
-    u = (zg[None, None, :] - mu[:, :, None]) / s[:, :, None]
-    p = (w[:, :, None] / (s[:, :, None] * math.sqrt(2 * math.pi)) * torch.exp(-0.5 * u * u)).sum(1)
-    return p.numpy()
+    return _grid_eval(weights, means, stds, z,
+                      lambda x, m, s: torch.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi)))
 
 
 def mixture_cdf(weights, means, stds, z) -> np.ndarray:
     """P(<z) on a grid ``z`` (m,) for every object: (n, m)."""
-    w, mu, s, zg = _t(weights), _t(means), _t(stds), _t(z)
-    u = (zg[None, None, :] - mu[:, :, None]) / (s[:, :, None] * _SQRT2)
-    return (w[:, :, None] * 0.5 * (1 + torch.erf(u))).sum(1).numpy()
+    return _grid_eval(weights, means, stds, z, lambda x, m, s: 0.5 * (1 + torch.erf((x - m) / (s * _SQRT2))))
 
 
 _BLOCK = 8192  # rows per block: keeps the (rows, components) temporaries in cache
