@@ -52,8 +52,18 @@ def main() -> None:
     cal = rng.random(len(z)) < 0.5
     test = ~cal
 
+    from calipers.validate.local_coverage import local_coverage_test
+
+    bands = list("ugrizy")
+    phot = read_columns(TEST, "photometry", [f"mag_{b}_lsst" for b in bands])
+    mags = np.stack([np.where(np.abs(phot[f"mag_{b}_lsst"]) < 90, phot[f"mag_{b}_lsst"], 30.0) for b in bands], 1)
+    features = np.hstack([mags[:, 3:4], mags[:, :-1] - mags[:, 1:]])[test]  # i magnitude and colours
+
     def line(method, p_test, extra=None):
         m = {k: round(float(v), 5) for k, v in metrics(p_test, z[test]).items()}
+        lct = local_coverage_test(features, pit_values(p_test, ZGRID, z[test]), n_null=20, seed=a.seed)
+        m["local_coverage_p"] = round(lct.p_value, 4)
+        m["local_coverage_stats"] = [round(v, 6) for v in lct.statistics]
         print(json.dumps({"method": method, "n_calibration": int(cal.sum()), "n_test": int(test.sum())} | m
                          | (extra or {})), flush=True)
 
