@@ -10,6 +10,7 @@ import pytest
 import qp
 import yaml
 
+from calipers.core.models import load_model
 from calipers.photoz import DeepEnsemble, mixture_pdf
 from conftest import GROUP, TINY_INFORM, mags_errs, random_rows, read_catalog, subprocess_env, subset, write_catalog
 
@@ -77,7 +78,7 @@ def test_pipeline_runs_end_to_end(pipeline_run, catalogs):
     np.testing.assert_array_equal(ens.ancil["id"], truth["id"])
     for key in ("zmode", "zmean", "zmedian", "zlo68", "zhi68"):
         assert np.all(np.isfinite(ens.ancil[key])), key
-    model = DeepEnsemble.load(str(out / "model"))
+    model = load_model(str(out / "model"))
     assert model.config.n_members == TINY_INFORM["n_members"] and model.config.max_epochs == 5
 
 
@@ -116,7 +117,7 @@ def test_rail_evaluator_reads_our_output(pipeline_run, catalogs, tmp_path, monke
 
     # the CDE loss RAIL computed from the file equals the one from our model's mixtures
     z_true = read_catalog(catalogs[1])["redshift"]
-    model = DeepEnsemble.load(str(d / "out" / "model"))
+    model = load_model(str(d / "out" / "model"))
     grid = np.linspace(0, 2.5, 301)  # qp's default CDE-loss grid
     p = mixture_pdf(*model.predict(*mags_errs(read_catalog(catalogs[1]))), grid)
     nearest = np.abs(grid[None, :] - z_true[:, None]).argmin(1)

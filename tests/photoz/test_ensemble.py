@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from calipers.core.models import load_model, save_model
 from calipers.core.errors import ModelMismatchError
 from calipers.photoz import DeepEnsemble, EnsembleConfig, PhotometryPreprocessor, mixture_point_estimates
 from conftest import BANDS, TINY_ENSEMBLE, mags_errs
@@ -52,8 +53,8 @@ def test_members_differ_from_each_other(ensemble, valid10):
 
 # ---------------------------------------------------------------------------- persistence
 def test_save_load_round_trip(ensemble, valid10, tmp_path):
-    ensemble.save(str(tmp_path / "model"))
-    loaded = DeepEnsemble.load(str(tmp_path / "model"))
+    save_model(str(tmp_path / "model"), ensemble)
+    loaded = load_model(str(tmp_path / "model"))
     x = mags_errs(valid10)
     for a, b in zip(ensemble.predict(*x), loaded.predict(*x)):
         np.testing.assert_array_equal(a, b)
@@ -77,7 +78,7 @@ def pickle_globals(data: bytes) -> set[str]:
 
 def test_saved_model_is_code_free(ensemble, tmp_path):
     d = tmp_path / "model"
-    ensemble.save(str(d))
+    save_model(str(d), ensemble)
     assert sorted(os.listdir(d)) == ["metadata.json", "weights.pt"]
     with open(d / "metadata.json") as fh:
         meta = json.load(fh)  # plain JSON
@@ -100,14 +101,14 @@ def test_saved_model_is_code_free(ensemble, tmp_path):
 
 def test_load_rejects_foreign_directories(ensemble, tmp_path):
     with pytest.raises(FileNotFoundError, match="metadata.json"):
-        DeepEnsemble.load(str(tmp_path))
+        load_model(str(tmp_path))
     d = tmp_path / "model"
-    ensemble.save(str(d))
+    save_model(str(d), ensemble)
     meta = json.loads((d / "metadata.json").read_text())
     meta["format"] = "someone.else/9"
     (d / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelMismatchError, match="someone.else/9"):
-        DeepEnsemble.load(str(d))
+        load_model(str(d))
 
 
 @pytest.mark.parametrize("bad", [{"max_epochs": 0}, {"batch_size": 0}, {"learning_rate": 0.0}, {"patience": -1}])

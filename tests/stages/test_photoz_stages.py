@@ -13,6 +13,7 @@ import qp
 import torch
 
 import calipers
+from calipers.core.models import load_model
 from calipers.core.errors import CalipersError, CatalogError, ConfigError, ModelMismatchError
 from calipers.photoz import DeepEnsemble, mixture_pdf
 from calipers.stages import PZEstimate, PZInform
@@ -202,7 +203,7 @@ def test_empty_stage_section_means_defaults(tmp_path, tiny_model_dir):
 # ---------------------------------------------------------------------------- outputs
 def test_inform_writes_a_loadable_model_with_provenance(tiny_model_dir, valid10):
     assert sorted(os.listdir(tiny_model_dir)) == ["metadata.json", "provenance.json", "weights.pt"]
-    ens = DeepEnsemble.load(tiny_model_dir)
+    ens = load_model(tiny_model_dir)
     assert ens.bands == BANDS
     assert ens.config.n_members == TINY_INFORM["n_members"]
     assert ens.config.hidden == TINY_INFORM["hidden"]
@@ -253,7 +254,7 @@ def test_estimate_output_is_a_qp_ensemble(estimate_output, valid10, tiny_model_d
     assert np.all(ens.ancil["zlo68"] <= ens.ancil["zmedian"])
     assert np.all(ens.ancil["zmedian"] <= ens.ancil["zhi68"])
     # the stored mixture is the model's prediction for these rows, in the catalog's order
-    model = DeepEnsemble.load(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     grid = np.linspace(0, 3, 61)
     expected = mixture_pdf(*model.predict(*mags_errs(valid10)), grid)
     np.testing.assert_allclose(ens.pdf(grid), expected, rtol=1e-5, atol=1e-6)
@@ -357,13 +358,15 @@ def test_estimate_failure_mid_run_leaves_no_output(tmp_path, tiny_model_dir, mon
 
 
 def test_inform_failure_mid_save_leaves_no_output(tmp_path, monkeypatch):
-    def failing_save(self, directory):
+    def failing_save(directory, ensemble):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "metadata.json"), "w") as fh:
             fh.write("{")
         raise OSError("simulated disk full")
 
-    monkeypatch.setattr(DeepEnsemble, "save", failing_save)
+    import calipers.stages.photoz
+
+    monkeypatch.setattr(calipers.stages.photoz, "save_model", failing_save)
     cfg = write_config(tmp_path / "config.yml", inform=TINY_INFORM)
     model = tmp_path / "model"
     with pytest.raises(OSError, match="disk full"):

@@ -8,9 +8,7 @@ and the epistemic spread between members.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -218,35 +216,26 @@ class DeepEnsemble:
                 s[sl, cols] = torch.exp(log_s)
         return w.numpy(), mu.numpy(), s.numpy()
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory: str) -> None:
-        """Write ``metadata.json`` and ``weights.pt`` (state dicts only) into ``directory``."""
-        os.makedirs(directory, exist_ok=True)
+    # ------------------------------------------------------------------ persistence (arrays only;
+    # files are written by calipers.core.models.save_model / load_model)
+    def state(self) -> tuple[dict, dict]:
+        """(JSON-able metadata, {"member_i": state_dict}) - everything needed to rebuild the model."""
         meta = {
             "format": MODEL_FORMAT,
             "config": asdict(self.config),
             "preprocessor": self.preprocessor.to_dict(),
             "history": self.history,
         }
-        with open(os.path.join(directory, "metadata.json"), "w") as fh:
-            json.dump(meta, fh, indent=2)
-        torch.save({f"member_{i}": net.state_dict() for i, net in enumerate(self.members)},
-                   os.path.join(directory, "weights.pt"))
+        return meta, {f"member_{i}": net.state_dict() for i, net in enumerate(self.members)}
 
     @classmethod
-    def load(cls, directory: str) -> "DeepEnsemble":
-        """Load a saved ensemble without executing code (``weights_only=True``)."""
-        meta_path = os.path.join(directory, "metadata.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{directory}: not a calipers model directory (no metadata.json)")
-        with open(meta_path) as fh:
-            meta = json.load(fh)
+    def from_state(cls, meta: dict, states: dict) -> "DeepEnsemble":
+        """Rebuild an ensemble from :meth:`state` output."""
         if meta.get("format") != MODEL_FORMAT:
-            raise ModelMismatchError(f"{directory}: model format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
+            raise ModelMismatchError(f"model format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
         ens = cls(EnsembleConfig(**meta["config"]))
         ens.preprocessor = PhotometryPreprocessor.from_dict(meta["preprocessor"])
         ens.history = meta.get("history", [])
-        states = torch.load(os.path.join(directory, "weights.pt"), map_location="cpu", weights_only=True)
         for i in range(ens.config.n_members):
             net = ens._new_member()
             net.load_state_dict(states[f"member_{i}"])

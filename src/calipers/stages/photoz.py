@@ -9,6 +9,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from calipers.core.models import load_model, save_model
 from calipers.core import catalog
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
@@ -91,7 +92,7 @@ class PZInform(CalipersStage):
         log.info("non-detections per band in the training catalog: %s", nd)
         out = self.output_path("model")
         os.makedirs(out, exist_ok=True)
-        ens.save(out)
+        save_model(out, ens)
         prov = self.provenance() | {"train_seconds": f"{time.time() - t0:.1f}", "n_train": str(len(z)),
                                     "nondetections": json.dumps(nd)}
         with open(os.path.join(out, "provenance.json"), "w") as fh:
@@ -123,7 +124,7 @@ class PZEstimate(CalipersStage):
 
     def _model(self) -> DeepEnsemble:
         if not hasattr(self, "_ens"):
-            self._ens = DeepEnsemble.load(self.input_path("model"))
+            self._ens = load_model(self.input_path("model"))
         return self._ens
 
     def _columns(self):
