@@ -14,6 +14,34 @@ from calipers.core.stage import CalipersStage, Param
 log = logging.getLogger(__name__)
 
 
+def _growable_catalog(path: str, group: str, dtypes: dict, provenance: dict):
+    """Open a new HDF5 catalog whose columns grow as rows are appended: (file, group)."""
+    f = h5py.File(path, "w")
+    g = f.create_group(group) if group else f
+    for k, dt in dtypes.items():
+        g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=True)
+    prov = f.create_group("provenance")
+    for key, value in provenance.items():
+        prov.attrs[key] = value
+    return f, g
+
+
+def _append_rows(g, data: dict, keep: np.ndarray) -> None:
+    m = int(keep.sum())
+    if m == 0:
+        return
+    for k, d in g.items():
+        if isinstance(d, h5py.Dataset):
+            d.resize((d.shape[0] + m,))
+            d[-m:] = data[k][keep]
+
+
+def _column_dtypes(path: str, group: str, cols: list[str]) -> dict:
+    with h5py.File(path, "r") as f:
+        src = f[group] if group else f
+        return {k: src[k].dtype for k in cols}
+
+
 class CatalogSplit(CalipersStage):
     """Split a catalog at random (seeded) into two catalogs, streaming in chunks.
 
@@ -41,31 +69,14 @@ class CatalogSplit(CalipersStage):
         group = c["hdf5_groupname"]
         path = self.input_path("catalog")
         n, cols = catalog.catalog_info(path, group)
-        with h5py.File(path, "r") as f:
-            src = f[group] if group else f
-            dtypes = {k: src[k].dtype for k in cols}
-        outs = {}
-        for tag in ("part_a", "part_b"):
-            f = h5py.File(self.output_path(tag), "w")
-            g = f.create_group(group) if group else f
-            for k in cols:
-                g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dtypes[k], chunks=True)
-            prov = f.create_group("provenance")
-            for key, value in self.provenance().items():
-                prov.attrs[key] = value
-            outs[tag] = (f, g)
+        dtypes = _column_dtypes(path, group, cols)
+        outs = {tag: _growable_catalog(self.output_path(tag), group, dtypes, self.provenance())
+                for tag in ("part_a", "part_b")}
         try:
             for i, (start, end, data) in enumerate(catalog.iter_chunks(path, group, cols, c["chunk_size"])):
                 to_a = self.rng(i).random(end - start) < c["fraction_a"]
-                for tag, mask in (("part_a", to_a), ("part_b", ~to_a)):
-                    g = outs[tag][1]
-                    m = int(mask.sum())
-                    if m == 0:
-                        continue
-                    for k in cols:
-                        d = g[k]
-                        d.resize((d.shape[0] + m,))
-                        d[-m:] = data[k][mask]
+                _append_rows(outs["part_a"][1], data, to_a)
+                _append_rows(outs["part_b"][1], data, ~to_a)
         finally:
             for f, _ in outs.values():
                 f.close()
@@ -93,26 +104,15 @@ class CatalogCut(CalipersStage):
         n, cols = catalog.catalog_info(path, group)
         if c["column"] not in cols:
             raise ConfigError(f"{path}: no column '{c['column']}' to cut on (columns: {sorted(cols)})")
-        with h5py.File(path, "r") as f:
-            dtypes = {k: (f[group] if group else f)[k].dtype for k in cols}
         kept = 0
-        with h5py.File(self.output_path("selected"), "w") as f:
-            g = f.create_group(group) if group else f
-            for k in cols:
-                g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dtypes[k], chunks=True)
-            prov = f.create_group("provenance")
-            for key, value in self.provenance().items():
-                prov.attrs[key] = value
+        f, g = _growable_catalog(self.output_path("selected"), group, _column_dtypes(path, group, cols),
+                                 self.provenance())
+        with f:
             for _, _, data in catalog.iter_chunks(path, group, cols, c["chunk_size"]):
                 v = data[c["column"]]
                 keep = (v >= c["min_value"]) & (v <= c["max_value"])
-                m = int(keep.sum())
-                if m == 0:
-                    continue
-                for k in cols:
-                    g[k].resize((kept + m,))
-                    g[k][kept:] = data[k][keep]
-                kept += m
+                _append_rows(g, data, keep)
+                kept += int(keep.sum())
         if kept == 0:
             raise ValueError(f"{path}: no row has {c['min_value']} <= {c['column']} <= {c['max_value']}")
         log.info("kept %d of %d rows", kept, n)
