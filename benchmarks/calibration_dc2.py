@@ -72,7 +72,7 @@ def main() -> None:
     line("pit_global", rec.transform_pdfs(pdfs[test], ZGRID))
     with open(a.config) as fh:
         seed = yaml.safe_load(fh).get("PZInform", {}).get("seed", 0)
-    print(json.dumps({"note": f"model seed {seed}; local and conformal-distribution methods not built yet"}))
+    print(json.dumps({"note": f"model seed {seed}; local_coverage_p uses the summed statistic over alpha = 0.16, 0.5, 0.84 against 20 uniform-PIT null refits (smallest possible 1/21)"}))
 
 
 if __name__ == "__main__":
