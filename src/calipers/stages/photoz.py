@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from calipers.core.models import load_model, save_model
 from calipers.core import catalog
+from calipers.core.atomic import remove_path
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.qpio import QPChunkWriter, merge_parts
@@ -150,8 +151,7 @@ class PZEstimate(CalipersStage):
                 f"{path}: group '{self.config['hdf5_groupname']}' is missing column(s) {missing}; the model "
                 f"{self.input_path('model')} needs bands {self._model().bands} (it has {sorted(have)})")
 
-    def process(self):
-        self.validate()
+    def process(self):  # ceci's execute() has already called validate()
         c = self.config
         ens = self._model()
         mag_cols, err_cols = self._columns()
@@ -196,11 +196,9 @@ class PZEstimate(CalipersStage):
         if self.size > 1:
             self.comm.Barrier()
             if self.rank == 0:
-                from calipers.core.catalog import chunk_ranges
-
                 with QPChunkWriter(target, n, provenance=self.provenance(), **kw):
                     pass
-                merge_parts(target, [(f"{target}.rank{r}", chunk_ranges(n, c["chunk_size"], r, self.size))
+                merge_parts(target, [(f"{target}.rank{r}", catalog.chunk_ranges(n, c["chunk_size"], r, self.size))
                                      for r in range(self.size)])
             self.comm.Barrier()
         dt = time.time() - t0
@@ -209,6 +207,4 @@ class PZEstimate(CalipersStage):
 
     def discard_outputs(self):
         super().discard_outputs()
-        from calipers.core.atomic import remove_path
-
         remove_path(f"{self.get_output('pz')}.rank{self.rank}")
