@@ -11,7 +11,7 @@ import qp
 import yaml
 
 from calipers.core.models import load_model
-from calipers.photoz import DeepEnsemble, mixture_pdf
+from calipers.photoz import mixture_pdf
 from conftest import GROUP, TINY_INFORM, mags_errs, random_rows, read_catalog, subprocess_env, subset, write_catalog
 
 REPO = Path(__file__).resolve().parents[1]

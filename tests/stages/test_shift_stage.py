@@ -1,7 +1,6 @@
 """ShiftTest passes two random halves of DC2 and fails a faint-end target (p < 0.01)."""
 import json
 
-import numpy as np
 import pytest
 import yaml
 
