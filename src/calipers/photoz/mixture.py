@@ -83,7 +83,7 @@ def mixture_quantiles(weights, means, stds, probs, n_iter: int = 16, keep: int =
     For speed each mixture is first pruned to its ``keep`` heaviest components
     (renormalised); rows whose dropped weight exceeds ``tolerance`` are redone with every
     component, so the result never depends on the pruning by more than ``tolerance`` in
-    probability. ``n_iter`` halvings of the bracket are followed by two Newton steps.
+    probability. ``n_iter`` halvings of the bracket are followed by one guarded Newton step.
     """
     w, mu, s = _f32(weights, means, stds)
     probs_t = torch.as_tensor(np.atleast_1d(probs), dtype=torch.float32)

@@ -12,6 +12,7 @@ from calipers.core.errors import ConfigError, GateFailed
 from calipers.core.file_types import HDF5Catalog, QPEnsembleFile, ReportDir
 from calipers.core.report import write_report
 from calipers.core.stage import CalipersStage, Param
+from calipers.stages.photoz import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,8 @@ class ShiftTest(GateStage):
     inputs = [("reference_catalog", HDF5Catalog), ("target_catalog", HDF5Catalog)]
     outputs = [("shift_report", ReportDir)]
     report_tag = "shift_report"
-    config_options = CalipersStage.config_options | GATE_OPTIONS | {
-        "hdf5_groupname": Param(str, "photometry", msg="Group holding the columns in both catalogs"),
-        "bands": Param(list, ["u", "g", "r", "i", "z", "y"], msg="Bands whose photometry is compared"),
-        "mag_column": Param(str, "mag_{band}_lsst", msg="Magnitude column pattern"),
-        "err_column": Param(str, "mag_err_{band}_lsst", msg="Magnitude-error column pattern"),
+    config_options = CalipersStage.config_options | GATE_OPTIONS | CATALOG_OPTIONS | {
+        "bands": Param(list, DEFAULT_BANDS, msg="Bands whose photometry is compared"),
         "min_p_value": Param(float, 0.01, msg="Fail when a test's p-value is below this"),
         "max_rows": Param(int, 1500, msg="Rows drawn (seeded) from each catalog for the MMD test"),
         "n_permutations": Param(int, 200, msg="Permutations for the MMD p-value"),
@@ -135,11 +133,9 @@ class ShiftTest(GateStage):
         from calipers.photoz.preprocess import PhotometryPreprocessor
 
         c = self.config
-        mags = [c["mag_column"].format(band=b) for b in c["bands"]]
-        errs = [c["err_column"].format(band=b) for b in c["bands"]]
+        mags, errs = band_columns(c, list(c["bands"]))
         cols = catalog.read_columns(self.input_path(tag), c["hdf5_groupname"], mags + errs)
-        m = np.stack([cols[k] for k in mags], 1)
-        e = np.stack([cols[k] for k in errs], 1)
+        m, e = stack(cols, mags), stack(cols, errs)
         prep = prep or PhotometryPreprocessor(list(c["bands"])).fit(m, e)
         clean, _, _ = prep.transform(m, e)
         return np.hstack([clean, clean[:, :-1] - clean[:, 1:]]), prep
