@@ -18,7 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 300, 200
 
 
-def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimate: dict) -> Path:
+QUICK_CALIBRATE = {"n_members": 1, "max_epochs": 20, "hidden": 16, "n_components": 2}
+
+
+def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimate: dict,
+                   gate: dict | None = None) -> Path:
     """A pipeline YAML and stage config like pipelines/photoz.yml + stages/photoz.yml."""
     with open(REPO / "pipelines" / "photoz.yml") as fh:
         pipe = yaml.safe_load(fh)
@@ -26,9 +30,12 @@ def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimat
         stages = yaml.safe_load(fh)
     stages["PZInform"].update(inform)
     stages["PZEstimate"].update(estimate)
+    stages["PZEstimateCalibration"].update(estimate)
+    stages["PZCalibrate"].update(QUICK_CALIBRATE)
+    stages["ValidationGate"].update(gate or {})
     config = tmp / "config.yml"
     config.write_text(yaml.safe_dump(stages, sort_keys=False))
-    pipe["inputs"] = {"training_catalog": training, "catalog": catalog}
+    pipe["inputs"] = {"training_catalog": training, "target_catalog": catalog}
     pipe["config"] = str(config)
     pipe["output_dir"] = str(tmp / "out")
     pipe["log_dir"] = str(tmp / "out" / "logs")
@@ -59,27 +66,51 @@ def catalogs(tmp_path_factory, dc2):
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, catalogs):
+    """The whole chain on a few hundred rows; the 5-epoch model is poor, so the gate only warns."""
     d = tmp_path_factory.mktemp("pipeline")
     train, test = catalogs
     inform = dict(TINY_INFORM, max_epochs=5)
-    pipe = pipeline_files(d, train, test, inform=inform, estimate={"chunk_size": 64})
+    pipe = pipeline_files(d, train, test, inform=inform, estimate={"chunk_size": 64}, gate={"on_fail": "warn"})
     proc = run_ceci(pipe)
     return d, proc
+
+
+OUTPUTS = ["calibrated_pz.hdf5", "calibration_catalog.hdf5", "calibration_pz.hdf5", "calibrator", "logs",
+           "model", "pz.hdf5", "report", "test_catalog.hdf5"]
 
 
 def test_pipeline_runs_end_to_end(pipeline_run, catalogs):
     d, proc = pipeline_run
     assert proc.returncode == 0, f"ceci failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = d / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["logs", "model", "pz.hdf5"]
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
+    test_half = read_catalog(str(out / "test_catalog.hdf5"))
+    cal_half = read_catalog(str(out / "calibration_catalog.hdf5"))
+    assert len(test_half["id"]) + len(cal_half["id"]) == N_TEST
     ens = qp.read(str(out / "pz.hdf5"))
-    truth = read_catalog(catalogs[1])
-    assert ens.npdf == len(truth["id"]) == N_TEST
-    np.testing.assert_array_equal(ens.ancil["id"], truth["id"])
+    assert ens.npdf == len(test_half["id"])
+    np.testing.assert_array_equal(ens.ancil["id"], test_half["id"])
     for key in ("zmode", "zmean", "zmedian", "zlo68", "zhi68"):
         assert np.all(np.isfinite(ens.ancil[key])), key
+    calibrated = qp.read(str(out / "calibrated_pz.hdf5"))
+    assert calibrated.npdf == ens.npdf and np.all(np.isfinite(calibrated.objdata["yvals"]))
+    np.testing.assert_array_equal(calibrated.ancil["id"], test_half["id"])
+    assert (out / "report" / "report.json").exists() and (out / "report" / "index.html").exists()
     model = load_model(str(out / "model"))
     assert model.config.n_members == TINY_INFORM["n_members"] and model.config.max_epochs == 5
+
+
+def test_gate_stops_the_pipeline_on_a_poor_model(tmp_path, catalogs):
+    train, test = catalogs
+    pipe = pipeline_files(tmp_path, train, test, inform=dict(TINY_INFORM, max_epochs=5), estimate={"chunk_size": 64})
+    proc = run_ceci(pipe)
+    assert proc.returncode != 0
+    assert "Error running pipeline stage ValidationGate" in proc.stderr
+    out = tmp_path / "out"
+    log = (out / "logs" / "ValidationGate.out").read_text()
+    assert "GateFailed" in log and "cde_loss" in log and "-> FAILED" in log
+    assert (out / "calibrated_pz.hdf5").exists()      # everything upstream of the gate finished
+    assert not (out / "report").exists() and (out / "report.FAILED" / "index.html").exists()
 
 
 def test_pipeline_stops_on_a_misspelt_key(tmp_path, catalogs):
@@ -101,8 +132,9 @@ def test_rail_evaluator_reads_our_output(pipeline_run, catalogs, tmp_path, monke
 
     monkeypatch.chdir(tmp_path)  # RAIL writes its outputs to the working directory
     pz_path = str(d / "out" / "pz.hdf5")
+    test_half = str(d / "out" / "test_catalog.hdf5")
     ens = qp.read(pz_path)
-    truth = tables_io.read(catalogs[1])
+    truth = tables_io.read(test_half)
     stage = evaluators.DistToPointEvaluator.make_stage(
         name="eval_calipers", metrics=["cdeloss", "pit", "brier"], force_exact=True,
         hdf5_groupname=GROUP, reference_dictionary_key="redshift", _random_state=0,
@@ -116,10 +148,10 @@ def test_rail_evaluator_reads_our_output(pipeline_run, catalogs, tmp_path, monke
     assert pit.npdf == 1
 
     # the CDE loss RAIL computed from the file equals the one from our model's mixtures
-    z_true = read_catalog(catalogs[1])["redshift"]
+    z_true = read_catalog(test_half)["redshift"]
     model = load_model(str(d / "out" / "model"))
     grid = np.linspace(0, 2.5, 301)  # qp's default CDE-loss grid
-    p = mixture_pdf(*model.predict(*mags_errs(read_catalog(catalogs[1]))), grid)
+    p = mixture_pdf(*model.predict(*mags_errs(read_catalog(test_half))), grid)
     nearest = np.abs(grid[None, :] - z_true[:, None]).argmin(1)
     expected = np.mean(np.trapezoid(p**2, grid, axis=1)) - 2 * np.mean(p[np.arange(len(z_true)), nearest])
     assert float(np.ravel(summary["cdeloss"])[0]) == pytest.approx(expected, rel=1e-4)

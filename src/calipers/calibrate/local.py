@@ -165,8 +165,9 @@ class LocalPITRecalibrator:
                 if stale >= c.patience:
                     break
         if progress:
-            print(f"local PIT member {k}: {epoch + 1} epochs, validation NLL {best - 0.5 * math.log(2 * math.pi * math.e):+.4f} "
-                  f"(relative to a uniform PIT: negative = structure found)", flush=True)
+            identity = float(0.5 * (v[val] ** 2).mean()) + 0.5 * math.log(2 * math.pi)
+            print(f"local PIT member {k}: {epoch + 1} epochs, validation NLL {best:.4f} "
+                  f"(identity map: {identity:.4f})", flush=True)
         net.load_state_dict(best_state)
         net.eval()
         return net

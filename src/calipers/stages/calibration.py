@@ -1,4 +1,17 @@
-"""Calibration stages: fit a calibrator on held-out p(z), apply it to any qp ensemble, streaming."""
+"""Calibration stages: fit a calibrator on held-out p(z), apply it to any qp ensemble, streaming.
+
+Methods (``PZCalibrate.method``):
+
+- ``pit_global``: remap every CDF through the calibration set's PIT distribution;
+- ``pit_local``: remap through P(PIT <= u | x), learned as a function of features x of each object
+  (photometry: magnitudes and adjacent colours of ``bands``; or any ``feature_columns``), so
+  calibration holds across feature space and over-dispersed regions are sharpened;
+- ``conformal``: the split-conformal predictive distribution (exactly uniform PIT for
+  exchangeable data, up to the 1/(n+1) resolution).
+
+A calibrator directory holds ``calibrator.json`` (method, grid, parameters, feature definition)
+and, for ``pit_local``, ``weights.pt`` (torch state dicts, loaded with ``weights_only=True``).
+"""
 from __future__ import annotations
 
 import json
@@ -6,13 +19,17 @@ import logging
 import os
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from calipers.calibrate import PITRecalibrator
-from calipers.core.errors import ConfigError
+from calipers.calibrate import ConformalPredictiveDistribution, LocalPITConfig, LocalPITRecalibrator, PITRecalibrator
+from calipers.core import catalog
+from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.qpio import QPChunkWriter, qp_size, read_qp_rows
 from calipers.core.stage import CalipersStage, Param
+from calipers.photoz.preprocess import PhotometryPreprocessor
+from calipers.stages.photoz import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
 from calipers.stages.validation import TRUTH_OPTIONS, read_truth
 from calipers.validate.metrics import grid_pdfs, pit_values
 
@@ -24,7 +41,30 @@ GRID_OPTIONS = {
     "nzbins": Param(int, 601, msg="Points in the redshift grid"),
     "chunk_size": Param(int, 20_000, msg="Distributions per chunk (memory scales with this)"),
 }
-METHODS = ("pit_global",)
+METHODS = ("pit_global", "pit_local", "conformal")
+FEATURE_OPTIONS = CATALOG_OPTIONS | {
+    "bands": Param(list, DEFAULT_BANDS, msg="pit_local: bands whose magnitudes and adjacent colours are the features"),
+    "feature_columns": Param(list, [], msg="pit_local: catalog columns used as features instead of the photometry"),
+}
+
+
+def read_features(path: str, spec: dict) -> np.ndarray:
+    """Feature matrix of a catalog for local calibration, as described by ``spec`` (saved in the
+    calibrator): explicit columns, or cleaned magnitudes plus adjacent colours."""
+    group = spec["hdf5_groupname"]
+    if spec["feature_columns"]:
+        cols = catalog.read_columns(path, group, spec["feature_columns"])
+        x = stack(cols, spec["feature_columns"])
+    else:
+        mags, errs = spec["mag_columns"], spec["err_columns"]
+        cols = catalog.read_columns(path, group, mags + errs)
+        prep = PhotometryPreprocessor.from_dict(spec["preprocessor"])
+        clean, _, _ = prep.transform(stack(cols, mags), stack(cols, errs))
+        x = np.hstack([clean, clean[:, :-1] - clean[:, 1:]])
+    bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
+    if bad.size:
+        raise ValueError(f"{path}: calibration features not finite in {bad.size} row(s), first at row {bad[0]}")
+    return x
 
 
 def _grid(config) -> np.ndarray:
@@ -39,9 +79,14 @@ class PZCalibrate(CalipersStage):
     inputs = [("calibration_pz", QPEnsembleFile), ("calibration_truth", HDF5Catalog)]
     outputs = [("calibrator", ModelDir)]
     config_options = CalipersStage.config_options | GRID_OPTIONS | {
-        "method": Param(str, "pit_global", msg="Calibration method: pit_global (PIT remapping)"),
-        "n_knots": Param(int, 100, msg="PIT quantiles describing the remapping (fewer = smoother)"),
-    } | TRUTH_OPTIONS
+        "method": Param(str, "pit_global", msg="Calibration method: pit_global, pit_local or conformal"),
+        "n_knots": Param(int, 100, msg="pit_global: PIT quantiles describing the remapping (fewer = smoother)"),
+        "n_components": Param(int, 5, msg="pit_local: Gaussians in the probit-PIT mixture"),
+        "hidden": Param(int, 64, msg="pit_local: hidden-layer width"),
+        "n_members": Param(int, 3, msg="pit_local: networks averaged (different seeds)"),
+        "max_epochs": Param(int, 300, msg="pit_local: epoch cap"),
+        "patience": Param(int, 20, msg="pit_local: early-stopping patience in epochs"),
+    } | FEATURE_OPTIONS | TRUTH_OPTIONS
 
     def validate(self):
         if self.config["method"] not in METHODS:
@@ -61,35 +106,92 @@ class PZCalibrate(CalipersStage):
             if bad.size:
                 raise ValueError(f"{pz_path}: p(z) or truth not finite in {bad.size} row(s), first at row {start + bad[0]}")
             pits.append(pit_values(pdfs, zgrid, z[start:end]))
-        cal = PITRecalibrator(n_knots=c["n_knots"]).fit(np.concatenate(pits))
+        pit = np.concatenate(pits)
+        spec = {"method": c["method"], "zgrid": [c["zmin"], c["zmax"], c["nzbins"]], "n_calibration": n}
         out = self.output_path("calibrator")
         os.makedirs(out, exist_ok=True)
+        if c["method"] == "pit_global":
+            spec |= PITRecalibrator(n_knots=c["n_knots"]).fit(pit).to_dict()
+        elif c["method"] == "conformal":
+            spec |= ConformalPredictiveDistribution().fit(pit).to_dict()
+        else:
+            spec["features"] = self._feature_spec()
+            x = read_features(self.input_path("calibration_truth"), spec["features"])
+            if len(x) != n:
+                raise ValueError(f"{pz_path} holds {n} p(z) but {self.input_path('calibration_truth')} has {len(x)} rows")
+            cfg = LocalPITConfig(n_components=c["n_components"], hidden=c["hidden"], n_members=c["n_members"],
+                                 max_epochs=c["max_epochs"], patience=c["patience"], seed=c["seed"])
+            log.info("fitting the local PIT model on %d galaxies x %d features", n, x.shape[1])
+            cal = LocalPITRecalibrator(cfg).fit(x, pit, progress=self.rank == 0)
+            meta, states = cal.state()
+            spec |= meta
+            torch.save(states, os.path.join(out, "weights.pt"))
         with open(os.path.join(out, "calibrator.json"), "w") as fh:
-            json.dump({"method": c["method"], "zgrid": [c["zmin"], c["zmax"], c["nzbins"]], **cal.to_dict()}, fh)
+            json.dump(spec, fh)
         with open(os.path.join(out, "provenance.json"), "w") as fh:
             json.dump(self.provenance() | {"n_calibration": str(n)}, fh, indent=2)
         log.info("fitted %s calibrator on %d galaxies", c["method"], n)
 
+    def _feature_spec(self) -> dict:
+        c = self.config
+        spec = {"hdf5_groupname": c["hdf5_groupname"], "feature_columns": list(c["feature_columns"])}
+        if not spec["feature_columns"]:
+            mags, errs = band_columns(c, list(c["bands"]))
+            cols = catalog.read_columns(self.input_path("calibration_truth"), c["hdf5_groupname"], mags + errs)
+            prep = PhotometryPreprocessor(list(c["bands"])).fit(stack(cols, mags), stack(cols, errs))
+            spec |= {"mag_columns": mags, "err_columns": errs, "preprocessor": prep.to_dict()}
+        return spec
+
+
+def load_calibrator(directory: str):
+    """(method, calibrator object, spec) from a calibrator directory, without executing code."""
+    path = os.path.join(directory, "calibrator.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory}: not a calibrator directory (no calibrator.json)")
+    with open(path) as fh:
+        spec = json.load(fh)
+    method = spec.get("method")
+    if method == "pit_global":
+        return method, PITRecalibrator.from_dict(spec), spec
+    if method == "conformal":
+        return method, ConformalPredictiveDistribution.from_dict(spec), spec
+    if method == "pit_local":
+        states = torch.load(os.path.join(directory, "weights.pt"), map_location="cpu", weights_only=True)
+        return method, LocalPITRecalibrator.from_state(spec, states), spec
+    raise ModelMismatchError(f"{path}: unknown calibration method {method!r}; expected one of {METHODS}")
+
 
 class PZApplyCalibration(CalipersStage):
-    """Apply a fitted calibrator to a qp ensemble, chunk by chunk, writing gridded (interp) p(z)."""
+    """Apply a fitted calibrator to a qp ensemble, chunk by chunk, writing gridded (interp) p(z).
+
+    ``catalog`` is the catalog the p(z) were estimated from (one row per distribution); the
+    ``pit_local`` method reads its features from it, every method checks its length.
+    """
 
     name = "PZApplyCalibration"
     parallel = False
-    inputs = [("pz", QPEnsembleFile), ("calibrator", ModelDir)]
+    inputs = [("pz", QPEnsembleFile), ("calibrator", ModelDir), ("catalog", HDF5Catalog)]
     outputs = [("calibrated_pz", QPEnsembleFile)]
     config_options = CalipersStage.config_options | {
         "chunk_size": Param(int, 20_000, msg="Distributions per chunk (memory scales with this)"),
+        "hdf5_groupname": Param(str, "photometry", msg="Group of the catalog (row count check for global methods)"),
     }
 
     def process(self):
-        with open(os.path.join(self.input_path("calibrator"), "calibrator.json")) as fh:
-            spec = json.load(fh)
-        cal = PITRecalibrator.from_dict(spec)
+        method, cal, spec = load_calibrator(self.input_path("calibrator"))
         zmin, zmax, nz = spec["zgrid"]
         zgrid = np.linspace(zmin, zmax, int(nz))
         path = self.input_path("pz")
         n = qp_size(path)
+        cat = self.input_path("catalog")
+        if method == "pit_local":
+            feats = read_features(cat, spec["features"])
+            n_cat = len(feats)
+        else:
+            group = spec.get("features", {}).get("hdf5_groupname", self.config["hdf5_groupname"])
+            n_cat = catalog.catalog_info(cat, group)[0]
+        if n_cat != n:
+            raise ValueError(f"{path} holds {n} p(z) but the catalog {cat} has {n_cat} rows")
         meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
         first = read_qp_rows(path, 0, min(1, n))
         ancil_names = sorted(first.ancil) if first.ancil else []
@@ -102,5 +204,8 @@ class PZApplyCalibration(CalipersStage):
                 pdfs, valid = grid_pdfs(ens, zgrid)
                 new = np.full_like(pdfs, np.nan)  # invalid rows stay NaN: the gate counts them
                 if valid.any():
-                    new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
+                    if method == "pit_local":
+                        new[valid] = cal.transform_pdfs(pdfs[valid], zgrid, feats[start:end][valid])
+                    else:
+                        new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
                 out.write(start, end, {"yvals": new}, {k: ens.ancil[k] for k in ancil_names})
