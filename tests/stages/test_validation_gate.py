@@ -43,8 +43,8 @@ def test_honest_pz_passes_and_writes_report(tmp_path):
     report = gate(tmp_path, *toy(tmp_path))
     data = json.loads((report / "report.json").read_text())
     assert data["passed"] is True
-    assert data["metrics"]["cde_loss"] < -3
-    for f in ("index.html", "pit_histogram.png", "coverage.png"):
+    assert data["metrics"]["cde_loss"] < -3 and data["metrics"]["ece"] < 0.01
+    for f in ("index.html", "pit_histogram.png", "coverage.png", "reliability.png"):
         assert (report / f).exists()
     assert "PASSED" in (report / "index.html").read_text()
 
@@ -55,6 +55,7 @@ def test_shrunk_widths_fail_with_values_and_thresholds(tmp_path):
         gate(tmp_path, pz, truth)
     msg = str(err.value)
     assert "pit_ks" in msg and "cov68" in msg and "needs" in msg
+    assert any(f.startswith("ece") for f in err.value.failures)  # interval probabilities over-confident
     assert not (tmp_path / "report").exists()  # the declared output is not there
     failed = tmp_path / "report.FAILED"
     assert json.loads((failed / "report.json").read_text())["passed"] is False

@@ -36,3 +36,21 @@ def test_nan_counted_and_bad_probabilities_rejected():
     assert r["n_invalid"] == 1
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         reliability(np.array([1.2]), np.array([1]))
+
+
+def test_interval_probabilities_match_the_analytic_gaussian():
+    from scipy import stats
+
+    from calipers.validate.classification import interval_outcomes, interval_probabilities
+
+    zgrid = np.linspace(0, 3, 3001)
+    mu = np.array([0.4, 1.1, 2.0])
+    pdfs = stats.norm.pdf(zgrid[None, :], mu[:, None], 0.1)
+    edges = [0.0, 0.5, 1.0, 1.5, 3.0]
+    p = interval_probabilities(pdfs, zgrid, edges)
+    expect = np.diff(stats.norm.cdf(np.array(edges)[None, :], mu[:, None], 0.1), axis=1)
+    np.testing.assert_allclose(p, expect, atol=1e-4)  # the grid drops Phi(-4) = 3e-5 below z = 0
+    np.testing.assert_array_equal(interval_outcomes(np.array([0.2, 1.0, 2.9]), edges),
+                                  [[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        interval_probabilities(pdfs, zgrid, [0.0, 1.0, 1.0])

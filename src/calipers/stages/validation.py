@@ -70,8 +70,10 @@ class ValidationGate(GateStage):
     """Score a p(z) qp ensemble against true redshifts and stop the pipeline if it fails.
 
     Checks (thresholds in config): invalid (NaN) fraction, PIT KS, 68/95% coverage, CDE loss,
-    catastrophic outliers. Writes ``report.json``, a PIT histogram with its null band, the
-    coverage curve and ``index.html``.
+    catastrophic outliers, and the expected calibration error (ECE) of the probabilities the
+    p(z) give to redshift intervals (``reliability_edges``; the events a tomographic binning
+    uses). Writes ``report.json``, a PIT histogram with its null band, the coverage curve, the
+    reliability diagram and ``index.html``.
     """
 
     name = "ValidationGate"
@@ -84,6 +86,9 @@ class ValidationGate(GateStage):
         "max_cde_loss": Param(float, -3.0, msg="Largest allowed CDE loss (training n(z) for all scores ~ -0.7)"),
         "max_invalid_fraction": Param(float, 0.0, msg="Largest allowed fraction of rows with NaN/inf p(z) or truth"),
         "max_outlier_015": Param(float, 0.10, msg="Largest allowed fraction with |zmode - z|/(1+z) > 0.15"),
+        "max_ece": Param(float, 0.01, msg="Largest allowed ECE of the p(z) interval probabilities"),
+        "reliability_edges": Param(list, [0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0],
+                                   msg="Redshift interval edges whose p(z) probabilities are checked for reliability"),
         "zmax": Param(float, 3.0, msg="Upper end of the metric grid (starts at 0)"),
         "nzbins": Param(int, 601, msg="Points in the metric grid"),
     }
@@ -92,6 +97,7 @@ class ValidationGate(GateStage):
         import qp
 
         from calipers.validate import gate, plots
+        from calipers.validate.classification import interval_outcomes, interval_probabilities, reliability
         from calipers.validate.metrics import grid_pdfs, pit_values, pz_metrics
 
         c = self.config
@@ -104,7 +110,18 @@ class ValidationGate(GateStage):
         pdfs, valid = grid_pdfs(ens, zgrid)
         valid &= np.isfinite(z)
         pit = pit_values(pdfs[valid], zgrid, z[valid]) if valid.any() else np.array([0.5])
-        figures = {"pit_histogram": plots.pit_histogram(pit), "coverage": plots.coverage_curve(pit)}
+        edges = c["reliability_edges"]
+        if valid.any():
+            prob = interval_probabilities(pdfs[valid], zgrid, edges).ravel()
+            hit = interval_outcomes(z[valid], edges).ravel()
+        else:
+            prob, hit = np.array([0.5]), np.array([0.0])
+        rel = reliability(prob, hit, bins=10)
+        m["ece"], m["mce"] = rel["ece"], rel["mce"]
+        checks.append(gate.Check("ece", rel["ece"], "<=", c["max_ece"],
+                                 why=f"reliability of p(z) probabilities for z in {len(edges) - 1} intervals"))
+        figures = {"pit_histogram": plots.pit_histogram(pit), "coverage": plots.coverage_curve(pit),
+                   "reliability": plots.reliability_diagram(prob, hit, bins=10)}
         self.conclude(f"p(z) validation gate: {os.path.basename(self.input_path('pz'))}", m, checks, figures)
 
 

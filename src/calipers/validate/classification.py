@@ -37,3 +37,33 @@ def reliability(prob: np.ndarray, outcome: np.ndarray, bins: int = 15) -> dict:
     return {"ece": float(np.sum(count[used] * gap[used]) / p.size), "mce": float(gap[used].max()),
             "n_invalid": int((~valid).sum()), "bin_count": count.tolist(), "bin_confidence": conf.tolist(),
             "bin_accuracy": acc.tolist()}
+
+
+def interval_probabilities(pdfs: np.ndarray, zgrid: np.ndarray, edges) -> np.ndarray:
+    """Probability each p(z) (rows on ``zgrid``) gives to each redshift interval: (n, len(edges) - 1).
+
+    Together with the indicator of the true redshift in each interval this turns p(z) into
+    binary-event forecasts, so their calibration can be judged by a reliability diagram and ECE -
+    the question a tomographic binning by p(z) mass depends on.
+    """
+    edges = np.asarray(edges, dtype=float)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"edges must be strictly increasing with at least 2 values, got {edges.tolist()}")
+    from calipers.calibrate.pit import grid_cdf
+
+    cdf = grid_cdf(pdfs, zgrid)
+    at = np.stack([_interp_columns(cdf, zgrid, e) for e in edges], axis=1)
+    return np.clip(np.diff(at, axis=1), 0.0, 1.0)
+
+
+def _interp_columns(cdf: np.ndarray, zgrid: np.ndarray, x: float) -> np.ndarray:
+    j = int(np.clip(np.searchsorted(zgrid, x), 1, len(zgrid) - 1))
+    w = float(np.clip((x - zgrid[j - 1]) / (zgrid[j] - zgrid[j - 1]), 0.0, 1.0))
+    return (1 - w) * cdf[:, j - 1] + w * cdf[:, j]
+
+
+def interval_outcomes(ztrue: np.ndarray, edges) -> np.ndarray:
+    """Indicator of each true redshift in each interval: (n, len(edges) - 1)."""
+    edges = np.asarray(edges, dtype=float)
+    z = np.asarray(ztrue, dtype=float)[:, None]
+    return ((z >= edges[None, :-1]) & (z < edges[None, 1:])).astype(float)
