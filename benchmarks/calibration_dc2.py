@@ -93,7 +93,8 @@ def main() -> None:
         rel = reliability(interval_probabilities(p_cal, ZGRID, EDGES).ravel(), interval_outcomes(z, EDGES).ravel(), 10)
         lct = local_coverage_test(test_features, pit_values(p_cal, ZGRID, z), n_null=a.n_null, seed=a.seed)
         m |= {"ece": round(rel["ece"], 5), "local_coverage_p": round(lct.p_value, 4),
-              "local_coverage_stats": [round(v, 6) for v in lct.statistics], "fit_apply_s": round(seconds, 1)}
+              "local_coverage_stats": [round(v, 6) for v in lct.statistics],
+              "local_coverage_null_mean": [round(v, 6) for v in lct.null_mean], "fit_apply_s": round(seconds, 1)}
         print(json.dumps({"method": method, "n_scored": len(z), "crossfit": "2 halves"} | m), flush=True)
 
     def crossfit(fit_apply):

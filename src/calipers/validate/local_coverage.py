@@ -21,10 +21,11 @@ class LocalCoverageResult:
     p_values: list[float]
     local_coverage: np.ndarray = field(repr=False)  # (n, len(alphas)), cross-fitted r_alpha(x)
     p_value: float = 1.0  # for the sum of the statistics over the levels
+    null_mean: list[float] = field(default_factory=list)  # mean statistic per level under calibration
 
     def to_dict(self) -> dict:
         return {"alphas": self.alphas, "statistics": self.statistics, "p_values": self.p_values,
-                "p_value": self.p_value}
+                "p_value": self.p_value, "null_mean": self.null_mean}
 
 
 def _crossfit(features: np.ndarray, target: np.ndarray, seed: int) -> np.ndarray:
@@ -64,4 +65,5 @@ def local_coverage_test(features: np.ndarray, pit: np.ndarray, alphas=(0.16, 0.5
                    for j, a in enumerate(alphas)]
     pvals = [float((1 + np.sum(null[:, j] >= obs[j])) / (1 + n_null)) for j in range(len(alphas))]
     combined = float((1 + np.sum(null.sum(1) >= obs.sum())) / (1 + n_null))
-    return LocalCoverageResult(alphas, [float(v) for v in obs], pvals, local, combined)
+    return LocalCoverageResult(alphas, [float(v) for v in obs], pvals, local, combined,
+                               [float(v) for v in null.mean(0)])
