@@ -3,11 +3,12 @@
 - :class:`HDF5Catalog`  - columns (1-d datasets) in a group, RAIL layout;
 - :class:`QPEnsembleFile` - a qp ensemble in HDF5, readable by ``qp.read``;
 - :class:`ModelDir`     - a directory with ``metadata.json`` and torch state dicts (no pickle);
-- :class:`ReportDir`    - a directory with ``report.json``, PNG figures and ``index.html``.
+- :class:`ReportDir`    - a directory with ``report.json``, PNG figures and ``index.html``;
+- :class:`SaccFile`     - a sacc FITS file (C_ell data vector, covariance, n(z) tracers).
 """
 from __future__ import annotations
 
-from ceci.file_types import Directory, HDFFile
+from ceci.file_types import DataFile, Directory, HDFFile
 
 
 class HDF5Catalog(HDFFile):
@@ -32,3 +33,9 @@ class ReportDir(Directory):
     """A report directory: ``report.json``, PNG figures and an HTML page."""
 
     suffix = ""
+
+
+class SaccFile(DataFile):
+    """A sacc data file (FITS): data vector, covariance and tracers, read by ``sacc.Sacc.load_fits``."""
+
+    suffix = "fits"

@@ -6,5 +6,6 @@ from calipers.stages.photoz import PZEstimate, PZInform
 from calipers.stages.validation import ShiftTest, ValidationGate
 from calipers.stages.calibration import PZApplyCalibration, PZCalibrate
 from calipers.stages.catalogs import CatalogCut, CatalogSplit
+from calipers.stages.cosmology import NZEstimate, NZGate, TheoryCl, TomographicBinning
 
-__all__ = ["CatalogCut", "CatalogSplit", "ShiftTest", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]
+__all__ = ["CatalogCut", "CatalogSplit", "NZEstimate", "NZGate", "TheoryCl", "TomographicBinning", "ShiftTest", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]
