@@ -49,20 +49,14 @@ def assign_by_mass(pdfs: np.ndarray, zgrid: np.ndarray, edges, min_mass: float =
     return idx
 
 
+
 POINT_KINDS = ("zmode", "zmean", "zmedian")
 
 
 def grid_point_estimate(pdfs: np.ndarray, zgrid: np.ndarray, kind: str) -> np.ndarray:
     """A point estimate of densities on a grid: ``zmode`` (grid argmax), ``zmean`` or ``zmedian``."""
-    p = np.asarray(pdfs, dtype=float)
-    if kind == "zmode":
-        return zgrid[np.argmax(p, axis=1)]
-    norm = np.trapezoid(p, zgrid, axis=1)
-    if kind == "zmean":
-        return np.trapezoid(p * zgrid, zgrid, axis=1) / norm
-    if kind == "zmedian":
-        from calipers.calibrate.pit import grid_cdf
+    from calipers.validate.metrics import grid_point_estimates
 
-        cdf = grid_cdf(p, zgrid)
-        return np.array([np.interp(0.5, row, zgrid) for row in cdf])
-    raise ValueError(f"point estimate must be one of {POINT_KINDS}, got {kind!r}")
+    if kind not in POINT_KINDS:
+        raise ValueError(f"point estimate must be one of {POINT_KINDS}, got {kind!r}")
+    return grid_point_estimates(pdfs, zgrid, [kind])[kind]

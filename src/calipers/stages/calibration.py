@@ -31,7 +31,8 @@ from calipers.core.stage import CalipersStage, Param
 from calipers.photoz.preprocess import PhotometryPreprocessor
 from calipers.stages.photoz import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
 from calipers.stages.validation import TRUTH_OPTIONS, read_truth
-from calipers.validate.metrics import grid_pdfs, pit_values
+from calipers.photoz.mixture import POINT_ESTIMATES
+from calipers.validate.metrics import grid_pdfs, grid_point_estimates, pit_values
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,9 @@ class PZApplyCalibration(CalipersStage):
     """Apply a fitted calibrator to a qp ensemble, chunk by chunk, writing gridded (interp) p(z).
 
     ``catalog`` is the catalog the p(z) were estimated from (one row per distribution); the
-    ``pit_local`` method reads its features from it, every method checks its length.
+    ``pit_local`` method reads its features from it, every method checks its length. The ancil
+    is copied, except RAIL point estimates (zmode, zmean, zmedian, zlo68, zhi68), which are
+    recomputed from the calibrated p(z).
     """
 
     name = "PZApplyCalibration"
@@ -208,4 +211,12 @@ class PZApplyCalibration(CalipersStage):
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid, feats[start:end][valid])
                     else:
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
-                out.write(start, end, {"yvals": new}, {k: ens.ancil[k] for k in ancil_names})
+                ancil = {k: ens.ancil[k] for k in ancil_names}
+                # point estimates in the ancil describe the input p(z): recompute them from the calibrated ones
+                stale = [k for k in ancil_names if k in POINT_ESTIMATES]
+                if stale and valid.any():
+                    fresh = grid_point_estimates(new[valid], zgrid, stale)
+                    for k in stale:
+                        ancil[k] = np.full(len(valid), np.nan)
+                        ancil[k][valid] = fresh[k]
+                out.write(start, end, {"yvals": new}, ancil)

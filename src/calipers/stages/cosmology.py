@@ -29,6 +29,7 @@ from calipers.validate.metrics import grid_pdfs
 log = logging.getLogger(__name__)
 
 TOMO_GROUP = "tomography"
+DESC_Y1_MEAN_Z = 0.002  # DESC SRD Y1 lensing sources: |d<z>| <= 0.002 (1 + z) per bin
 Z_GRID_OPTIONS = {
     "zmax": Param(float, 3.0, msg="End of the redshift grid (starts at 0) on which p(z) and n(z) are evaluated"),
     "nzbins": Param(int, 301, msg="Points of the redshift grid"),
@@ -253,7 +254,8 @@ class NZGate(GateStage):
             rows.append({"bin": b, "z_lo": float(edges[b]), "z_hi": float(edges[b + 1]),
                          "n_galaxies": int((bins == b).sum()), "mean_z": float(est_mean[b]),
                          "true_mean_z": float(true_mean[b]), "delta_mean_z": float(dz),
-                         "delta_over_1pz": float(dz / (1 + true_mean[b])), "requirement_1pz": c["max_mean_offset"],
+                         "delta_over_1pz": float(dz / (1 + true_mean[b])), "gate_threshold_1pz": c["max_mean_offset"],
+                         "desc_y1_requirement_1pz": DESC_Y1_MEAN_Z,
                          "realization_sigma": float(sigma[b]), "pull": float(pull)})
         self.conclude("n(z) gate: tomographic n(z) against spectroscopic truth", {"bins": rows}, checks,
                       {"nz_bands": self._figure(zgrid, fid, real, true_nz, edges)})

@@ -117,3 +117,26 @@ def pz_metrics(ens, ztrue: np.ndarray, zgrid: np.ndarray = ZGRID, levels=(0.68, 
     out |= {f"cov{int(round(100 * k))}": v for k, v in coverage(pit, levels).items()}
     out |= point_metrics(zgrid[np.argmax(p, axis=1)], z)
     return out
+
+
+def grid_point_estimates(pdfs: np.ndarray, zgrid: np.ndarray, which) -> dict[str, np.ndarray]:
+    """RAIL-style point estimates of densities on a grid: ``zmode`` (grid argmax), ``zmean``,
+    ``zmedian`` and the central 68% interval ``zlo68``/``zhi68`` (CDF interpolation)."""
+    from calipers.calibrate.pit import grid_cdf
+
+    p = np.asarray(pdfs, dtype=float)
+    out: dict[str, np.ndarray] = {}
+    probs = {"zmedian": 0.5, "zlo68": 0.16, "zhi68": 0.84}
+    unknown = set(which) - {"zmode", "zmean", *probs}
+    if unknown:
+        raise ValueError(f"unknown point estimate(s) {sorted(unknown)}")
+    if "zmode" in which:
+        out["zmode"] = zgrid[np.argmax(p, axis=1)]
+    if "zmean" in which:
+        out["zmean"] = np.trapezoid(p * zgrid, zgrid, axis=1) / np.trapezoid(p, zgrid, axis=1)
+    wanted = [k for k in probs if k in which]
+    if wanted:
+        cdf = grid_cdf(p, zgrid)
+        for k in wanted:
+            out[k] = np.array([np.interp(probs[k], row, zgrid) for row in cdf])
+    return out
