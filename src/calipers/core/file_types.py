@@ -39,3 +39,16 @@ class SaccFile(DataFile):
     """A sacc data file (FITS): data vector, covariance and tracers, read by ``sacc.Sacc.load_fits``."""
 
     suffix = "fits"
+
+
+class SimulationFile(HDFFile):
+    """Simulations: ``simulations/theta`` (n, n_params) and ``simulations/x`` (n, n_data), with the
+    simulator's name and options in the group's attributes."""
+
+    suffix = "hdf5"
+
+
+class SamplesFile(HDFFile):
+    """Posterior samples: ``samples`` (n, n_params), ``param_names``, ``log_prob``."""
+
+    suffix = "hdf5"

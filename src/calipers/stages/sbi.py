@@ -1,0 +1,319 @@
+"""Simulation-based inference stages: Simulate -> SBITrain -> SBIGate -> SBIPosterior."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import h5py
+import numpy as np
+
+from calipers.core.errors import ConfigError
+from calipers.core.file_types import ModelDir, ReportDir, SamplesFile, SimulationFile
+from calipers.core.provenance import write_provenance_hdf5
+from calipers.core.stage import CalipersStage, Param
+from calipers.stages.validation import GATE_OPTIONS, GateStage
+
+log = logging.getLogger(__name__)
+GROUP = "simulations"
+
+
+def read_simulations(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(theta, x, spec) from a Simulate output; spec = {"simulator", "options", "param_names"}."""
+    with h5py.File(path, "r") as f:
+        if GROUP not in f:
+            raise ValueError(f"{path}: no '{GROUP}' group; is it a Simulate output?")
+        g = f[GROUP]
+        return g["theta"][:], g["x"][:], json.loads(g.attrs["spec"])
+
+
+def simulator_from_spec(spec: dict):
+    from calipers.sbi import make_simulator
+
+    return make_simulator(spec["simulator"], **spec["options"])
+
+
+class Simulate(CalipersStage):
+    """Draw parameters from the simulator's prior and simulate data, in seeded blocks split over
+    MPI ranks (the output does not depend on the number of ranks)."""
+
+    name = "Simulate"
+    parallel = True
+    inputs = []
+    outputs = [("simulations", SimulationFile)]
+    config_options = CalipersStage.config_options | {
+        "simulator": Param(str, "gaussian_linear", msg="Simulator name (gaussian_linear)"),
+        "simulator_options": Param(dict, {}, msg="Keyword options of the simulator (e.g. dim)"),
+        "n_simulations": Param(int, 10_000, msg="Number of (theta, x) pairs"),
+        "block_size": Param(int, 500, msg="Simulations per seeded block (the unit of work of a rank)"),
+    }
+
+    def validate(self):
+        if self.config["n_simulations"] < 1:
+            raise ConfigError(f"n_simulations must be >= 1, got {self.config['n_simulations']}")
+        simulator_from_spec({"simulator": self.config["simulator"], "options": dict(self.config["simulator_options"])})
+
+    def process(self):
+        from calipers.sbi import simulate
+
+        c = self.config
+        spec = {"simulator": c["simulator"], "options": dict(c["simulator_options"])}
+        sim = simulator_from_spec(spec)
+        n, bs = c["n_simulations"], c["block_size"]
+        n_blocks = -(-n // bs)
+        mine = list(range(self.rank, n_blocks, self.size))
+        t0 = time.time()
+        theta, x = simulate(sim, n, c["seed"], bs, mine) if mine else (None, None)
+        if self.size > 1:
+            parts = self.comm.gather((mine, theta, x), root=0)
+            if self.rank != 0:
+                return
+            order = sorted((b, t[i * bs:(i + 1) * bs], xx[i * bs:(i + 1) * bs])
+                           for blocks, t, xx in parts if blocks for i, b in enumerate(blocks))
+            theta = np.concatenate([t for _, t, _ in order])
+            x = np.concatenate([xx for _, _, xx in order])
+        log.info("%d simulations of %s in %.1f s", n, c["simulator"], time.time() - t0)
+        spec["param_names"] = sim.param_names
+        with h5py.File(self.output_path("simulations"), "w") as f:
+            g = f.create_group(GROUP)
+            g.create_dataset("theta", data=theta)
+            g.create_dataset("x", data=x)
+            g.attrs["spec"] = json.dumps(spec)
+            write_provenance_hdf5(f, self.provenance())
+
+
+SBI_OPTIONS = {
+    "method": Param(str, "npe", msg="npe (neural posterior), nle (likelihood + sampling) or nre (ratio + sampling)"),
+    "model": Param(str, "nsf", msg="Flow for npe/nle (nsf, maf, mdn) or classifier for nre (resnet, mlp)"),
+    "hidden_features": Param(int, 50, msg="Hidden units of the estimator"),
+    "num_transforms": Param(int, 5, msg="Flow transforms (npe/nle)"),
+    "training_batch_size": Param(int, 200, msg="Training batch size"),
+    "learning_rate": Param(float, 5e-4, msg="Adam learning rate"),
+    "validation_fraction": Param(float, 0.1, msg="Simulations held out for early stopping"),
+    "stop_after_epochs": Param(int, 20, msg="Early stopping patience"),
+    "max_num_epochs": Param(int, 1000, msg="Epoch cap"),
+    "sampler": Param(str, "mcmc", msg="nle/nre posteriors: mcmc (slice sampling) or sir (importance resampling)"),
+    "mcmc_chains": Param(int, 20, msg="Slice-sampling chains"),
+    "mcmc_warmup": Param(int, 100, msg="Slice-sampling warm-up steps"),
+    "sir_proposals": Param(int, 20000, msg="Prior draws per SIR sample call"),
+}
+
+
+class SBITrain(CalipersStage):
+    """Train NPE / NLE / NRE on simulations; writes a model directory (JSON + state dict)."""
+
+    name = "SBITrain"
+    parallel = False
+    inputs = [("simulations", SimulationFile)]
+    outputs = [("sbi_model", ModelDir)]
+    config_options = CalipersStage.config_options | SBI_OPTIONS | {
+        "device": Param(str, "auto", msg="Torch device: auto (GPU if present), cpu, cuda"),
+    }
+
+    def process(self):
+        from calipers.sbi import SBIConfig, save_estimator, train_estimator
+
+        c = self.config
+        theta, x, spec = read_simulations(self.input_path("simulations"))
+        cfg = SBIConfig(**{k: c[k] for k in SBIConfig.__dataclass_fields__ if k in c})
+        sim = simulator_from_spec(spec)
+        device = self.torch_device()
+        log.info("training %s on %d simulations (%d parameters, %d data) on %s", cfg.method.upper(), len(theta),
+                 theta.shape[1], x.shape[1], device)
+        t0 = time.time()
+        net, summary = train_estimator(theta, x, sim.prior_torch(), cfg, device=device, progress=self.rank == 0)
+        seconds = time.time() - t0
+        log.info("trained in %.1f s, %d epochs, best validation loss %.4f", seconds, summary["epochs_trained"],
+                 summary["best_validation_loss"])
+        save_estimator(self.output_path("sbi_model"), net, cfg, theta, x,
+                       extra={"simulator": spec, "n_simulations": len(theta), "train_seconds": round(seconds, 2),
+                              "device": device, "summary": summary})
+        with open(os.path.join(self.output_path("sbi_model"), "provenance.json"), "w") as fh:
+            json.dump(self.provenance(), fh, indent=2)
+
+
+def _posterior_factory(net, prior, cfg):
+    from calipers.sbi import build_posterior
+
+    if cfg.method == "npe":
+        post = build_posterior(net, prior, cfg)
+        return lambda x: post
+    return lambda x: build_posterior(net, prior, cfg, x)
+
+
+class SBIGate(GateStage):
+    """Check a trained estimator's calibration on held-out simulations and stop if it fails.
+
+    SBC: per-parameter KS test of the rank uniformity (p-values Bonferroni-corrected over the
+    parameters unless ``bonferroni: false``); TARP: expected-coverage curve, |area to the
+    diagonal| and the KS p-value of the credibility levels. Report: rank histograms and the TARP
+    curve.
+    """
+
+    name = "SBIGate"
+    parallel = False
+    inputs = [("sbi_model", ModelDir), ("test_simulations", SimulationFile)]
+    outputs = [("sbi_report", ReportDir)]
+    report_tag = "sbi_report"
+    config_options = CalipersStage.config_options | GATE_OPTIONS | {
+        "n_tests": Param(int, 200, msg="Held-out simulations used (first rows)"),
+        "num_posterior_samples": Param(int, 200, msg="Posterior samples per test simulation"),
+        "min_sbc_pvalue": Param(float, 0.01, msg="Smallest allowed SBC rank KS p-value"),
+        "bonferroni": Param(bool, True, msg="Multiply SBC p-values by the number of parameters"),
+        "min_tarp_pvalue": Param(float, 0.01, msg="Smallest allowed TARP KS p-value"),
+        "max_tarp_atc": Param(float, 0.05, msg="Largest allowed |TARP area to the diagonal|"),
+        "sampler": Param(str, "", msg="Override the model's nle/nre sampler (mcmc or sir); '' keeps it"),
+    }
+
+    def process(self):
+        from calipers.sbi import load_estimator, sbc, tarp
+        from calipers.validate.gate import Check
+
+        c = self.config
+        net, cfg, meta = load_estimator(self.input_path("sbi_model"))
+        if c["sampler"]:
+            cfg.sampler = c["sampler"]
+        theta, x, spec = read_simulations(self.input_path("test_simulations"))
+        if spec["simulator"] != meta["simulator"]["simulator"] or spec["options"] != meta["simulator"]["options"]:
+            raise ValueError(f"{self.input_path('test_simulations')} comes from simulator {spec}, but the model was "
+                             f"trained on {meta['simulator']}")
+        theta, x = theta[: c["n_tests"]], x[: c["n_tests"]]
+        prior = simulator_from_spec(spec).prior_torch()
+        post_for = _posterior_factory(net, prior, cfg)
+        t0 = time.time()
+        s = sbc(post_for, theta, x, c["num_posterior_samples"], seed=c["seed"])
+        t = tarp(post_for, theta, x, c["num_posterior_samples"], seed=c["seed"] + 1)
+        seconds = time.time() - t0
+        names = spec["param_names"]
+        factor = len(names) if c["bonferroni"] else 1
+        checks = [Check(f"sbc_{n}", min(1.0, p * factor), ">=", c["min_sbc_pvalue"],
+                        why=f"rank KS p-value{' x %d (Bonferroni)' % factor if factor > 1 else ''}")
+                  for n, p in zip(names, s.ks_pvals)]
+        checks += [Check("tarp_pvalue", t["ks_pvalue"], ">=", c["min_tarp_pvalue"], why="TARP credibility levels uniform"),
+                   Check("tarp_atc", abs(t["atc"]), "<=", c["max_tarp_atc"], why="TARP |area to the diagonal|")]
+        summary = {"method": cfg.method, "n_tests": len(theta), "num_posterior_samples": c["num_posterior_samples"],
+                   "n_train_simulations": meta.get("n_simulations"), "sbc_ks_pvalues": dict(zip(names, s.ks_pvals)),
+                   "tarp_atc": t["atc"], "tarp_ks_pvalue": t["ks_pvalue"], "diagnostics_seconds": round(seconds, 1)}
+        self.conclude(f"SBI calibration gate: {cfg.method.upper()} on {spec['simulator']}", summary, checks,
+                      {"sbc_ranks": self._ranks_figure(s, names), "tarp": self._tarp_figure(t)})
+
+    @staticmethod
+    def _ranks_figure(s, names):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from scipy import stats
+
+        k = len(names)
+        cols = min(k, 5)
+        rows = -(-k // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+        n, bins = len(s.ranks), 10
+        lo, hi = stats.binom.ppf([0.005, 0.995], n, 1 / bins)
+        for j, ax in enumerate(axes.ravel()):
+            if j >= k:
+                ax.axis("off")
+                continue
+            ax.hist(s.ranks[:, j], bins=bins, range=(0, s.num_posterior_samples), color="tab:blue", alpha=0.8)
+            ax.axhspan(lo, hi, color="0.6", alpha=0.4)
+            ax.set_title(f"{names[j]} (p={s.ks_pvals[j]:.2g})", fontsize=8)
+        fig.suptitle("SBC rank histograms (band: 99% for uniform ranks)", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    @staticmethod
+    def _tarp_figure(t):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.plot(t["alpha"], t["ecp"], color="tab:red")
+        ax.set(xlabel="credibility level", ylabel="expected coverage", title=f"TARP (ATC {t['atc']:+.3f})",
+               xlim=(0, 1), ylim=(0, 1))
+        fig.tight_layout()
+        return fig
+
+
+class SBIPosterior(CalipersStage):
+    """Sample the posterior of one observation (a row of a simulations file) and write the samples
+    (``samples``, ``param_names``, ``log_prob``) plus a corner plot."""
+
+    name = "SBIPosterior"
+    parallel = False
+    inputs = [("sbi_model", ModelDir), ("observation", SimulationFile)]
+    outputs = [("posterior_samples", SamplesFile), ("posterior_report", ReportDir)]
+    config_options = CalipersStage.config_options | {
+        "row": Param(int, 0, msg="Row of the observation file to condition on"),
+        "n_samples": Param(int, 5000, msg="Posterior samples to draw"),
+    }
+
+    def process(self):
+        import torch
+
+        from calipers.core.report import write_report
+        from calipers.sbi import build_posterior, load_estimator
+
+        c = self.config
+        net, cfg, meta = load_estimator(self.input_path("sbi_model"))
+        theta, x, spec = read_simulations(self.input_path("observation"))
+        if not 0 <= c["row"] < len(x):
+            raise ConfigError(f"row {c['row']} outside {self.input_path('observation')} ({len(x)} rows)")
+        x_o, truth = x[c["row"]], theta[c["row"]]
+        sim = simulator_from_spec(spec)
+        prior = sim.prior_torch()
+        torch.manual_seed(c["seed"])
+        post = build_posterior(net, prior, cfg, x_o)
+        xt = torch.as_tensor(np.atleast_2d(x_o), dtype=torch.float32)
+        samples = post.sample((c["n_samples"],), x=xt, show_progress_bars=False)
+        if cfg.method == "npe":
+            logp = post.log_prob(samples, x=xt).numpy()
+        else:  # unnormalised: learned potential
+            logp = post.potential_fn(samples).numpy() if hasattr(post, "potential_fn") else np.full(len(samples), np.nan)
+        samples = samples.numpy()
+        names = spec["param_names"]
+        with h5py.File(self.output_path("posterior_samples"), "w") as f:
+            f.create_dataset("samples", data=samples)
+            f.create_dataset("param_names", data=np.array(names, dtype="S"))
+            f.create_dataset("log_prob", data=logp)
+            f.create_dataset("x_observed", data=x_o)
+            f.create_dataset("theta_true", data=truth)
+            write_provenance_hdf5(f, self.provenance())
+        mean, sd = samples.mean(0), samples.std(0)
+        inside95 = np.abs(truth - mean) <= 2 * sd
+        summary = {"param_names": names, "mean": mean.tolist(), "std": sd.tolist(), "theta_true": truth.tolist(),
+                   "truth_within_2sd": inside95.tolist(), "method": cfg.method}
+        write_report(self.output_path("posterior_report"), f"{cfg.method.upper()} posterior", summary, [],
+                     {"corner": self._corner(samples, names, truth)}, provenance=self.provenance())
+
+    @staticmethod
+    def _corner(samples, names, truth):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        k = min(len(names), 6)
+        fig, axes = plt.subplots(k, k, figsize=(1.8 * k + 1, 1.8 * k + 1), squeeze=False)
+        for i in range(k):
+            for j in range(k):
+                ax = axes[i, j]
+                if j > i:
+                    ax.axis("off")
+                elif i == j:
+                    ax.hist(samples[:, i], bins=40, color="tab:blue", alpha=0.8)
+                    ax.axvline(truth[i], color="k", lw=0.8)
+                else:
+                    ax.hist2d(samples[:, j], samples[:, i], bins=40, cmap="Blues")
+                    ax.plot(truth[j], truth[i], "k+", ms=8)
+                if i == k - 1:
+                    ax.set_xlabel(names[j], fontsize=7)
+                if j == 0 and i > 0:
+                    ax.set_ylabel(names[i], fontsize=7)
+                ax.tick_params(labelsize=6)
+        fig.tight_layout()
+        return fig
