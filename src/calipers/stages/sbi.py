@@ -164,7 +164,29 @@ class SBIGate(GateStage):
         "min_tarp_pvalue": Param(float, 0.01, msg="Smallest allowed TARP KS p-value"),
         "max_tarp_atc": Param(float, 0.05, msg="Largest allowed |TARP area to the diagonal|"),
         "sampler": Param(str, "", msg="Override the model's nle/nre sampler (mcmc or sir); '' keeps it"),
+        "c2st_observations": Param(int, 0, msg="Test simulations compared by C2ST with the simulator's reference "
+                                               "posterior (needs one, e.g. gaussian_linear; 0 = off)"),
+        "c2st_samples": Param(int, 1000, msg="Samples per side of each C2ST"),
+        "max_c2st": Param(float, 0.6, msg="Largest allowed mean C2ST accuracy (0.5 = indistinguishable)"),
     }
+
+    def _c2st(self, post_for, sim, xs):
+        import torch
+
+        from calipers.sbi import c2st_score
+
+        if not hasattr(sim, "sample_true_posterior"):
+            raise ConfigError(f"c2st_observations > 0 needs a simulator with a reference posterior; "
+                              f"{getattr(sim, 'name', sim)!r} has none")
+        rng = np.random.default_rng([self.config["seed"], 99])
+        n = self.config["c2st_samples"]
+        scores = []
+        for x in xs[: self.config["c2st_observations"]]:
+            ref = sim.sample_true_posterior(x, n, rng)
+            xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
+            est = post_for(x).sample((n,), x=xt, show_progress_bars=False).numpy()
+            scores.append(c2st_score(est, ref, seed=self.config["seed"]))
+        return scores
 
     def process(self):
         from calipers.sbi import load_estimator, sbc, tarp
@@ -192,9 +214,15 @@ class SBIGate(GateStage):
                   for n, p in zip(names, s.ks_pvals)]
         checks += [Check("tarp_pvalue", t["ks_pvalue"], ">=", c["min_tarp_pvalue"], why="TARP credibility levels uniform"),
                    Check("tarp_atc", abs(t["atc"]), "<=", c["max_tarp_atc"], why="TARP |area to the diagonal|")]
+        if c["c2st_observations"] > 0:
+            scores = self._c2st(post_for, simulator_from_spec(spec), x)
+            checks.append(Check("c2st", float(np.mean(scores)), "<=", c["max_c2st"],
+                                why=f"mean over {len(scores)} observations against the reference posterior"))
         summary = {"method": cfg.method, "n_tests": len(theta), "num_posterior_samples": c["num_posterior_samples"],
                    "n_train_simulations": meta.get("n_simulations"), "sbc_ks_pvalues": dict(zip(names, s.ks_pvals)),
                    "tarp_atc": t["atc"], "tarp_ks_pvalue": t["ks_pvalue"], "diagnostics_seconds": round(seconds, 1)}
+        if c["c2st_observations"] > 0:
+            summary["c2st"] = scores
         self.conclude(f"SBI calibration gate: {cfg.method.upper()} on {spec['simulator']}", summary, checks,
                       {"sbc_ranks": self._ranks_figure(s, names), "tarp": self._tarp_figure(t)})
 
