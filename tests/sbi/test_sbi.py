@@ -74,7 +74,7 @@ def test_model_file_round_trip_without_pickle(npe_model):
     th = torch.randn(20, 2) * 0.3
     xo = torch.zeros(20, 2)
     with torch.no_grad():
-        a = net.log_prob(th.unsqueeze(0), xo[:1].expand(1, 2)) if False else net.log_prob(th.unsqueeze(1), xo)
+        a = net.log_prob(th.unsqueeze(1), xo)
         b = net2.log_prob(th.unsqueeze(1), xo)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="not a calipers SBI model"):
@@ -130,7 +130,7 @@ def test_stages_end_to_end(tmp_path):
     with h5py.File(tmp_path / "post.hdf5") as f:
         samples, names, logp = f["samples"][:], f["param_names"][:], f["log_prob"][:]
         truth, x_o = f["theta_true"][:], f["x_observed"][:]
-    assert samples.shape == (2000, 2) and [n.decode() for n in names] == ["theta_0", "theta_1"]
+    assert samples.shape == (2000, 2) and truth.shape == (2,) and [n.decode() for n in names] == ["theta_0", "theta_1"]
     assert np.all(np.isfinite(logp))
     mean, _ = GaussianLinear(dim=2).true_posterior(x_o)
     np.testing.assert_allclose(samples.mean(0), mean, atol=0.5 * np.sqrt(0.05))  # half a posterior sd: 2000 sims

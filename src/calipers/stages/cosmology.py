@@ -262,10 +262,9 @@ class NZGate(GateStage):
 
     @staticmethod
     def _figure(zgrid, fid, real, true_nz, edges):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         nb = len(fid)
         fig, axes = plt.subplots(nb, 1, figsize=(7, 1.8 * nb + 0.6), sharex=True, squeeze=False)
@@ -392,10 +391,9 @@ class TheoryCl(CalipersStage):
 
     @staticmethod
     def _cl_figure(ell, pairs, data, sg, snz):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         autos = [i for i, (a, b) in enumerate(pairs) if a == b]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -413,10 +411,9 @@ class TheoryCl(CalipersStage):
 
     @staticmethod
     def _ratio_figure(ell, ratio, names):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for r, n in zip(ratio, names):

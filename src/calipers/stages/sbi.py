@@ -228,10 +228,9 @@ class SBIGate(GateStage):
 
     @staticmethod
     def _ranks_figure(s, names):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         from scipy import stats
 
         k = len(names)
@@ -253,10 +252,9 @@ class SBIGate(GateStage):
 
     @staticmethod
     def _tarp_figure(t):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
@@ -320,10 +318,9 @@ class SBIPosterior(CalipersStage):
 
     @staticmethod
     def _corner(samples, names, truth):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         k = min(len(names), 6)
         fig, axes = plt.subplots(k, k, figsize=(1.8 * k + 1, 1.8 * k + 1), squeeze=False)

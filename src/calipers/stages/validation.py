@@ -174,10 +174,9 @@ class ShiftTest(GateStage):
                       {"features": self._figure(ref, tgt)})
 
     def _figure(self, ref, tgt):
-        import matplotlib
+        from calipers.validate.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         nb = len(self.config["bands"])
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))

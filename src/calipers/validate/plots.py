@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are only ever saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,7 +16,7 @@ def _plt():
 
 def pit_histogram(pit: np.ndarray, bins: int = 50):
     """PIT histogram with the 95% band expected for a uniform PIT of the same size."""
-    plt = _plt()
+    plt = pyplot()
     n = len(pit)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     counts, edges, _ = ax.hist(pit, bins=bins, range=(0, 1), color="tab:blue", alpha=0.8)
@@ -31,7 +32,7 @@ def pit_histogram(pit: np.ndarray, bins: int = 50):
 
 def coverage_curve(pit: np.ndarray):
     """Empirical coverage of central intervals against their nominal level."""
-    plt = _plt()
+    plt = pyplot()
     levels = np.linspace(0.01, 0.99, 99)
     emp = [np.mean((pit > (1 - lev) / 2) & (pit < 1 - (1 - lev) / 2)) for lev in levels]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -46,7 +47,7 @@ def coverage_curve(pit: np.ndarray):
 
 def reliability_diagram(prob: np.ndarray, outcome: np.ndarray, bins: int = 10):
     """Reliability diagram for predicted probabilities of a binary outcome."""
-    plt = _plt()
+    plt = pyplot()
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(prob, edges) - 1, 0, bins - 1)
     conf = np.array([prob[idx == b].mean() if np.any(idx == b) else np.nan for b in range(bins)])
