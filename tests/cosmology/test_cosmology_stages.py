@@ -92,6 +92,8 @@ def test_sacc_round_trips_the_data_vector(honest):
         data, gauss, nzcov = f["data_vector"][:], f["gaussian"][:], f["nz"][:]
     np.testing.assert_array_equal(s.mean, data)  # exactly the vector we wrote
     np.testing.assert_allclose(s.covariance.covmat, gauss + nzcov, rtol=1e-12)
+    np.testing.assert_array_equal(s.metadata["covariance_gaussian"], gauss)   # both parts in the sacc file
+    np.testing.assert_array_equal(s.metadata["covariance_nz"], nzcov)
     assert sorted(s.tracers) == ["bin0", "bin1", "bin2"]
     assert s.tracers["bin0"].ensemble.npdf == 30
     assert set(s.get_data_types()) == {"galaxy_shear_cl_ee", "galaxy_density_cl", "galaxy_shearDensity_cl_e"}

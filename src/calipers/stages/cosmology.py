@@ -289,9 +289,10 @@ class TheoryCl(CalipersStage):
     density autos, density-shear; see :func:`calipers.cosmology.tracer_pairs`) at log-spaced
     ell bins. The sacc covariance is the Gaussian (Knox) covariance of the configured survey
     plus the n(z)-induced covariance (the sample covariance of C_ell over the n(z)
-    realizations); each bin is a ``QPNZTracer`` holding its fiducial n(z) and realizations. The
-    two covariance parts are also written separately to ``covariances.hdf5`` in the report,
-    with a table and a figure of their ratio per ell bin.
+    realizations); the two parts are also stored on their own in the sacc metadata
+    (``covariance_gaussian``, ``covariance_nz``) and in ``covariances.hdf5`` of the report, with
+    a table and a figure of their ratio per ell bin. Each bin is a ``QPNZTracer`` holding its
+    fiducial n(z) and its realizations.
     """
 
     name = "TheoryCl"
@@ -341,10 +342,10 @@ class TheoryCl(CalipersStage):
         reals = np.array([cos.angular_power_spectra(cosmo, zgrid, r, ell, pairs, c["bias"]).ravel()
                           for r in tqdm(real, desc="C_ell per n(z) realization", leave=False)])
         nzcov = np.cov(reals, rowvar=False)
-        self._write_sacc(sacc, zgrid, fid, real, ell, pairs, data, gauss + nzcov)
+        self._write_sacc(sacc, zgrid, fid, real, ell, pairs, data, gauss, nzcov)
         self._write_report(ell, pairs, data, gauss, nzcov, reals, len(real))
 
-    def _write_sacc(self, sacc, zgrid, fid, real, ell, pairs, data, cov):
+    def _write_sacc(self, sacc, zgrid, fid, real, ell, pairs, data, gauss, nzcov):
         import qp
 
         s = sacc.Sacc()
@@ -356,8 +357,10 @@ class TheoryCl(CalipersStage):
                  ("density", "shear"): sacc.standard_types.galaxy_shearDensity_cl_e}
         for (a, b), cl in zip(pairs, data):
             s.add_ell_cl(kinds[(a[0], b[0])], f"bin{a[1]}", f"bin{b[1]}", ell, cl)
-        s.add_covariance(cov)
-        s.metadata["covariance"] = "gaussian_knox + nz_realizations"
+        s.add_covariance(gauss + nzcov)
+        s.metadata["covariance"] = "covariance_gaussian + covariance_nz"
+        s.metadata["covariance_gaussian"] = gauss   # Knox, for the configured survey
+        s.metadata["covariance_nz"] = nzcov         # sample covariance over the n(z) realizations
         s.metadata["calipers_run_key"] = self.provenance().get("run_key", "")
         s.save_fits(self.output_path("cl_sacc"), overwrite=True)
 
