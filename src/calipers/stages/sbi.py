@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from calipers.core.errors import ConfigError
-from calipers.core.file_types import ModelDir, ReportDir, SamplesFile, SimulationFile
+from calipers.core.file_types import ModelDir, QPEnsembleFile, ReportDir, SamplesFile, SimulationFile
 from calipers.core.provenance import write_provenance_hdf5
 from calipers.core.stage import CalipersStage, Param
 from calipers.stages.validation import GATE_OPTIONS, GateStage
@@ -52,14 +52,17 @@ class Simulate(CalipersStage):
     def validate(self):
         if self.config["n_simulations"] < 1:
             raise ConfigError(f"n_simulations must be >= 1, got {self.config['n_simulations']}")
-        simulator_from_spec({"simulator": self.config["simulator"], "options": dict(self.config["simulator_options"])})
+        self._simulator = simulator_from_spec(self._spec())
+
+    def _spec(self) -> dict:
+        return {"simulator": self.config["simulator"], "options": dict(self.config["simulator_options"])}
 
     def process(self):
         from calipers.sbi import simulate
 
         c = self.config
-        spec = {"simulator": c["simulator"], "options": dict(c["simulator_options"])}
-        sim = simulator_from_spec(spec)
+        spec = self._spec()
+        sim = self._simulator
         n, bs = c["n_simulations"], c["block_size"]
         n_blocks = -(-n // bs)
         mine = list(range(self.rank, n_blocks, self.size))
@@ -81,6 +84,22 @@ class Simulate(CalipersStage):
             g.create_dataset("x", data=x)
             g.attrs["spec"] = json.dumps(spec)
             write_provenance_hdf5(f, self.provenance())
+
+
+class SimulateCl(Simulate):
+    """Simulate tomographic C_ell data vectors (``cosmology_cl``) from an ``NZEstimate`` output:
+    theta = (Omega_m, sigma8); each simulation uses a random n(z) realization when
+    ``simulator_options.marginalise_nz`` is true (the default), else the fiducial n(z)."""
+
+    name = "SimulateCl"
+    inputs = [("nz", QPEnsembleFile)]
+    config_options = Simulate.config_options | {
+        "simulator": Param(str, "cosmology_cl", msg="Simulator name (cosmology_cl)"),
+    }
+
+    def _spec(self) -> dict:
+        return {"simulator": self.config["simulator"],
+                "options": dict(self.config["simulator_options"]) | {"nz_path": os.path.abspath(self.input_path("nz"))}}
 
 
 SBI_OPTIONS = {
