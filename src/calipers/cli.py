@@ -2,6 +2,7 @@
 
 ``calipers describe FILE``  - say what a calipers/qp output holds, and where it is.
 ``calipers stages``         - list the stages and their options.
+``calipers check PIPE.yml`` - check a pipeline's wiring, config keys and input files (every problem at once).
 """
 from __future__ import annotations
 
@@ -47,7 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("describe", help="describe an output file")
     d.add_argument("path")
     sub.add_parser("stages", help="list stages and their options")
+    c = sub.add_parser("check", help="check a pipeline's wiring, config keys and input files; list every problem")
+    c.add_argument("pipeline")
     args = parser.parse_args(argv)
+    if args.cmd == "check":
+        from calipers.core.check import check_pipeline
+
+        problems = check_pipeline(args.pipeline)
+        for p in problems:
+            print(f"PROBLEM {p}")
+        print(f"{args.pipeline}: {len(problems)} problem(s)" if problems else f"{args.pipeline}: OK")
+        return 1 if problems else 0
     if args.cmd == "describe":
         return describe(args.path)
     if args.cmd == "stages":

@@ -84,6 +84,11 @@ class CalipersStage(PipelineStage):
         """Names of the runnable calipers stages."""
         return [n for n, (c, _) in PipelineStage.pipeline_stages.items() if issubclass(c, CalipersStage)]
 
+    @classmethod
+    def required_columns(cls, config: dict) -> dict[str, tuple[str, list[str]]]:
+        """Catalog columns each input needs, for ``calipers check``: {tag: (group, [columns])}."""
+        return {}
+
     # ------------------------------------------------------------------ config
     def read_config(self, args):
         overall = _load_overall_config(self.get_input("config"))

@@ -89,6 +89,17 @@ class PZCalibrate(CalipersStage):
         "patience": Param(int, 20, msg="pit_local: early-stopping patience in epochs"),
     } | FEATURE_OPTIONS | TRUTH_OPTIONS
 
+    @classmethod
+    def required_columns(cls, config):
+        cols = [config["redshift_column"]]
+        if config["method"] == "pit_local":
+            if config["feature_columns"]:
+                cols += list(config["feature_columns"])
+            else:
+                mags, errs = band_columns(config, list(config["bands"]))
+                cols += mags + errs
+        return {"calibration_truth": (config["hdf5_groupname"], cols)}
+
     def validate(self):
         if self.config["method"] not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.config['method']!r}")

@@ -60,6 +60,10 @@ class CatalogSplit(CalipersStage):
         "chunk_size": Param(int, 1_000_000, msg="Rows per chunk"),
     }
 
+    @classmethod
+    def required_columns(cls, config):
+        return {"catalog": (config["hdf5_groupname"], [])}
+
     def validate(self):
         if not 0 < self.config["fraction_a"] < 1:
             raise ConfigError(f"fraction_a must be in (0, 1), got {self.config['fraction_a']}")

@@ -228,6 +228,10 @@ class NZGate(GateStage):
         "n_sigma": Param(float, 2.0, msg="The true mean must lie within this many realization sigmas"),
     }
 
+    @classmethod
+    def required_columns(cls, config):
+        return {"truth": (config["hdf5_groupname"], [config["redshift_column"]])}
+
     def process(self):
         from calipers.validate.gate import Check
 

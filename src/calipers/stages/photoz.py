@@ -67,6 +67,11 @@ class PZInform(CalipersStage):
         "ema": Param(float, 0.999, msg="Decay of the weight moving average that is validated and kept (0 = off)"),
     }
 
+    @classmethod
+    def required_columns(cls, config):
+        mags, errs = band_columns(config, list(config["bands"]))
+        return {"training_catalog": (config["hdf5_groupname"], mags + errs + [config["redshift_column"]])}
+
     def validate(self):
         bands = list(self.config["bands"])
         mags, errs = band_columns(self.config, bands)
@@ -122,6 +127,12 @@ class PZEstimate(CalipersStage):
         "zmax": Param(float, 3.0, msg="Grid end for output_format=interp"),
         "nzbins": Param(int, 301, msg="Grid points for output_format=interp"),
     }
+
+    @classmethod
+    def required_columns(cls, config):
+        bands = list(config["bands"])  # empty: the model's bands, known only once it exists
+        mags, errs = band_columns(config, bands) if bands else ([], [])
+        return {"catalog": (config["hdf5_groupname"], mags + errs)}
 
     def _model(self) -> DeepEnsemble:
         if not hasattr(self, "_ens"):

@@ -93,6 +93,10 @@ class ValidationGate(GateStage):
         "nzbins": Param(int, 601, msg="Points in the metric grid"),
     }
 
+    @classmethod
+    def required_columns(cls, config):
+        return {"truth": (config["hdf5_groupname"], [config["redshift_column"]])}
+
     def process(self):
         import qp
 
@@ -145,6 +149,11 @@ class ShiftTest(GateStage):
         "max_rows": Param(int, 1500, msg="Rows drawn (seeded) from each catalog for the MMD test"),
         "n_permutations": Param(int, 200, msg="Permutations for the MMD p-value"),
     }
+
+    @classmethod
+    def required_columns(cls, config):
+        mags, errs = band_columns(config, list(config["bands"]))
+        return {t: (config["hdf5_groupname"], mags + errs) for t in ("reference_catalog", "target_catalog")}
 
     def _features(self, tag, prep=None):
         from calipers.photoz.preprocess import PhotometryPreprocessor
