@@ -3,6 +3,7 @@
 ``calipers describe FILE``  - say what a calipers/qp output holds, and where it is.
 ``calipers stages``         - list the stages and their options.
 ``calipers check PIPE.yml`` - check a pipeline's wiring, config keys and input files (every problem at once).
+``calipers run PIPE.yml``   - the check, then ``ceci PIPE.yml`` if it found nothing.
 """
 from __future__ import annotations
 
@@ -50,7 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stages", help="list stages and their options")
     c = sub.add_parser("check", help="check a pipeline's wiring, config keys and input files; list every problem")
     c.add_argument("pipeline")
+    r = sub.add_parser("run", help="check a pipeline, then run it with ceci (stops before running on any problem)")
+    r.add_argument("pipeline")
+    r.add_argument("ceci_args", nargs=argparse.REMAINDER, help="passed on to ceci")
     args = parser.parse_args(argv)
+    if args.cmd == "run":
+        import subprocess
+
+        from calipers.core.check import check_pipeline
+
+        problems = check_pipeline(args.pipeline)
+        if problems:
+            for p in problems:
+                print(f"PROBLEM {p}", file=sys.stderr)
+            print(f"{args.pipeline}: {len(problems)} problem(s); not running", file=sys.stderr)
+            return 1
+        return subprocess.call(["ceci", args.pipeline, *args.ceci_args])
     if args.cmd == "check":
         from calipers.core.check import check_pipeline
 
