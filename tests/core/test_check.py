@@ -45,4 +45,3 @@ def test_four_problems_in_one_report(tmp_path, capsys, monkeypatch):
     assert "4 problem(s)" in capsys.readouterr().out
     assert cli(["run", str(path)]) == 1                             # refuses to start
     assert "not running" in capsys.readouterr().err
-    assert not (REPO / "data" / "photoz" / "model" / "inprogress").exists()
