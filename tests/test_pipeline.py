@@ -184,3 +184,44 @@ def test_photoz_to_cl_pipeline_end_to_end(tmp_path, catalogs):
     assert s.has_covariance()
     for f in ("nz_report/nz_bands.png", "cl_report/error_ratio.png", "cl_report/covariances.hdf5", "nz.hdf5"):
         assert (out / f).exists(), f
+
+
+def test_content_addressed_resume(tmp_path, catalogs):
+    """A second run skips everything; changing one config value reruns exactly that stage and its
+    descendants; a modified output reruns its stage."""
+    import time
+
+    import yaml as _yaml
+
+    from calipers.core.resume import plan_resume
+
+    train, test = catalogs
+    pipe = pipeline_files(tmp_path, train, test, inform=dict(TINY_INFORM, max_epochs=5), estimate={"chunk_size": 64},
+                          gate={"on_fail": "warn"})
+    run = ["calipers", "run", "--resume", str(pipe)]
+    proc = subprocess.run(run, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert all(p.run is False for p in plan_resume(str(pipe))), [(p.name, p.reason) for p in plan_resume(str(pipe))]
+    out = tmp_path / "out"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in ("logs", ".calipers")}
+    proc = subprocess.run(run, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0 and "every stage is up to date" in proc.stdout
+    # change one calibration option: PZCalibrate and what depends on it rerun, nothing else
+    cfg_path = tmp_path / "config.yml"
+    cfg = _yaml.safe_load(cfg_path.read_text())
+    cfg["PZCalibrate"]["n_components"] = 3
+    cfg_path.write_text(_yaml.safe_dump(cfg, sort_keys=False))
+    plans = {p.name: p for p in plan_resume(str(pipe))}
+    assert {n for n, p in plans.items() if p.run} == {"PZCalibrate", "PZApplyCalibration", "ValidationGate"}
+    assert plans["PZCalibrate"].reason == "its config section changed"
+    time.sleep(0.01)
+    proc = subprocess.run(run, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in ("logs", ".calipers")}
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert changed == {"calibrator", "calibrated_pz.hdf5", "report"}, changed
+    # tamper with an output: its stage (and downstream) rerun
+    with open(out / "pz.hdf5", "ab") as fh:
+        fh.write(b"\0")
+    plans = {p.name: p for p in plan_resume(str(pipe))}
+    assert plans["PZEstimate"].reason == "output pz was modified" and plans["PZInform"].run is False

@@ -3,7 +3,8 @@
 ``calipers describe FILE``  - say what a calipers/qp output holds, and where it is.
 ``calipers stages``         - list the stages and their options.
 ``calipers check PIPE.yml`` - check a pipeline's wiring, config keys and input files (every problem at once).
-``calipers run PIPE.yml``   - the check, then ``ceci PIPE.yml`` if it found nothing.
+``calipers run PIPE.yml``   - the check, then ``ceci PIPE.yml`` if it found nothing; with ``--resume``
+                             only stages whose config, inputs or outputs changed (and their descendants) rerun.
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("pipeline")
     r = sub.add_parser("run", help="check a pipeline, then run it with ceci (stops before running on any problem)")
     r.add_argument("pipeline")
+    r.add_argument("--resume", action="store_true",
+                   help="rerun only stages whose config, inputs or outputs changed since their recorded run, and "
+                        "everything downstream of them")
     r.add_argument("ceci_args", nargs=argparse.REMAINDER, help="passed on to ceci")
     args = parser.parse_args(argv)
     if args.cmd == "run":
@@ -66,7 +70,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"PROBLEM {p}", file=sys.stderr)
             print(f"{args.pipeline}: {len(problems)} problem(s); not running", file=sys.stderr)
             return 1
-        return subprocess.call(["ceci", args.pipeline, *args.ceci_args])
+        extra = list(args.ceci_args)
+        if args.resume:
+            from calipers.core.resume import prepare_resume
+
+            plans = prepare_resume(args.pipeline)
+            if not any(p.run for p in plans):
+                print(f"{args.pipeline}: every stage is up to date")
+                return 0
+            extra.append("resume=True")
+        return subprocess.call(["ceci", args.pipeline, *extra])
     if args.cmd == "check":
         from calipers.core.check import check_pipeline
 

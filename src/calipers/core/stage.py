@@ -18,6 +18,7 @@ and implement :meth:`process` (not ``run``).
 from __future__ import annotations
 
 import copy
+import json
 import difflib
 import logging
 import os
@@ -196,3 +197,23 @@ class CalipersStage(PipelineStage):
                 final = self.get_output(tag, final_name=True)
                 if os.path.exists(final):
                     print(f"calipers {self.instance_name}: wrote {tag} -> {os.path.abspath(final)}", file=sys.stdout)
+            self._record_run()
+
+    def _record_run(self) -> None:
+        """The content-addressed record that ``calipers run --resume`` compares against."""
+        import calipers
+        from calipers.core.provenance import file_hash
+        from calipers.core.resume import ledger_path, write_record
+
+        finals = {t: os.path.abspath(self.get_output(t, final_name=True)) for t in self.output_tags()}
+        if not finals or not all(os.path.exists(p) for p in finals.values()):
+            return
+        try:
+            overall = _load_overall_config(self.get_input("config"))
+        except Exception:  # noqa: BLE001 - a stage run without a config file keeps no record
+            return
+        record = {"stage": self.instance_name, "class": self.name, "calipers_version": calipers.__version__,
+                  "section": overall.get(self.instance_name) or {}, "global": overall.get("global") or {},
+                  "input_hashes": json.loads(self.provenance().get("input_hashes", "{}")),
+                  "outputs": {t: {"path": p, "hash": file_hash(p)} for t, p in finals.items()}}
+        write_record(ledger_path(next(iter(finals.values())), self.instance_name), record)
