@@ -28,8 +28,10 @@ def main() -> None:
     p.add_argument("--n-tests", type=int, default=300, help="held-out simulations for SBC and TARP")
     p.add_argument("--methods", nargs="+", default=["npe", "nle", "nre"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--stop-after-epochs", type=int, default=20, help="early-stopping patience")
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     sim = GaussianLinear(dim=10)
     prior = sim.prior_torch()
     t0 = time.time()
@@ -38,7 +40,7 @@ def main() -> None:
     tt, xx = simulate(sim, a.n_tests, seed=1)
     obs_theta, obs_x = simulate(sim, a.n_obs, seed=2)
     for method in a.methods:
-        cfg = SBIConfig(method=method, sampler="sir", sir_proposals=50_000)
+        cfg = SBIConfig(method=method, sampler="sir", sir_proposals=50_000, stop_after_epochs=a.stop_after_epochs)
         t0 = time.time()
         net, summary = train_estimator(theta, x, prior, cfg, device=a.device)
         train_s = time.time() - t0
@@ -46,7 +48,7 @@ def main() -> None:
             (lambda xo: build_posterior(net, prior, cfg, xo))
         out = {"task": "gaussian_linear_10d", "method": method, "n_simulations": a.n_sims,
                "simulate_s": round(sim_s, 3), "train_s": round(train_s, 1), "epochs": summary["epochs_trained"],
-               "device": a.device}
+               "device": a.device, "stop_after_epochs": a.stop_after_epochs}
         if method == "npe":
             scores, sample_s = [], 0.0
             rng = np.random.default_rng(3)
