@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--stop-after-epochs", type=int, default=20, help="early-stopping patience")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default="nsf", help="npe/nle flow: nsf, maf, mdn, ...")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     sim = GaussianLinear(dim=10)
@@ -40,7 +41,8 @@ def main() -> None:
     tt, xx = simulate(sim, a.n_tests, seed=1)
     obs_theta, obs_x = simulate(sim, a.n_obs, seed=2)
     for method in a.methods:
-        cfg = SBIConfig(method=method, sampler="sir", sir_proposals=50_000, stop_after_epochs=a.stop_after_epochs)
+        cfg = SBIConfig(method=method, sampler="sir", sir_proposals=50_000, stop_after_epochs=a.stop_after_epochs,
+                        **({"model": a.model} if method != "nre" else {}))
         t0 = time.time()
         net, summary = train_estimator(theta, x, prior, cfg, device=a.device)
         train_s = time.time() - t0
@@ -48,7 +50,7 @@ def main() -> None:
             (lambda xo: build_posterior(net, prior, cfg, xo))
         out = {"task": "gaussian_linear_10d", "method": method, "n_simulations": a.n_sims,
                "simulate_s": round(sim_s, 3), "train_s": round(train_s, 1), "epochs": summary["epochs_trained"],
-               "device": a.device, "stop_after_epochs": a.stop_after_epochs}
+               "device": a.device, "stop_after_epochs": a.stop_after_epochs, "model": cfg.model}
         if method == "npe":
             scores, sample_s = [], 0.0
             rng = np.random.default_rng(3)
