@@ -53,6 +53,29 @@ def _builder(c: SBIConfig):
     return make(model=c.model, hidden_features=c.hidden_features, num_transforms=c.num_transforms)
 
 
+class _NoTracker:
+    """sbi's tracker protocol, doing nothing: sbi would otherwise write TensorBoard logs into
+    ./sbi-logs of whatever directory a stage runs in. Training history goes into the model
+    metadata instead."""
+
+    log_dir = None
+
+    def log_metric(self, name, value, step=None):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_params(self, params):
+        pass
+
+    def add_figure(self, name, figure, step=None):
+        pass
+
+    def flush(self):
+        pass
+
+
 def _tensor(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.float32)
 
@@ -66,7 +89,7 @@ def train_estimator(theta: np.ndarray, x: np.ndarray, prior, config: SBIConfig, 
     theta_t, x_t = _tensor(theta), _tensor(x)
     cls = {"npe": NPE, "nle": NLE, "nre": NRE}[config.method]
     kw = {"classifier": _builder(config)} if config.method == "nre" else {"density_estimator": _builder(config)}
-    inference = cls(prior=prior, device=device, show_progress_bars=progress, **kw)
+    inference = cls(prior=prior, device=device, show_progress_bars=progress, tracker=_NoTracker(), **kw)
     net = inference.append_simulations(theta_t, x_t).train(
         training_batch_size=config.training_batch_size, learning_rate=config.learning_rate,
         validation_fraction=config.validation_fraction, stop_after_epochs=config.stop_after_epochs,
