@@ -441,7 +441,7 @@ def test_estimate_split_over_ranks_equals_serial(tmp_path, tiny_model_dir, estim
         t.join(timeout=180)
     if errors:
         raise errors[0]
-    assert sorted(os.listdir(tmp_path)) == ["config.yml", "pz.hdf5"]  # no part or in-progress files
+    assert sorted(f for f in os.listdir(tmp_path) if f != ".calipers") == ["config.yml", "pz.hdf5"]  # no part or in-progress files (.calipers: the run record)
     for group in ("data", "ancil"):
         a, b = read_group(str(pz), group), read_group(estimate_output, group)
         assert a.keys() == b.keys()
