@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:
-    from calipers.sbi import SBIConfig, build_posterior, make_simulator, sbc, simulate, tarp, train_estimator
+    from calipers.sbi import SBIConfig, build_posterior, sbc, simulate, tarp, train_estimator
+    from calipers.stages.sbi import simulator_from_spec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nz", default=os.path.join(ROOT, "data", "photoz_to_cl", "nz.hdf5"))
@@ -34,7 +35,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     truth = np.array([0.3, 0.81])
     for variant in a.variants:
-        sim = make_simulator("cosmology_cl", nz_path=a.nz, marginalise_nz=variant == "marginalised")
+        sim = simulator_from_spec({"simulator": "cosmology_cl",
+                                   "options": {"nz_path": a.nz, "marginalise_nz": variant == "marginalised"}})
         t0 = time.time()
         theta, x = simulate(sim, a.n_sims, seed=0, block_size=250)
         sim_s = time.time() - t0

@@ -11,7 +11,7 @@ from conftest import run_stage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cosmology"))
 from test_cosmology_stages import toy_pz  # noqa: E402
 
-from calipers.sbi import make_simulator  # noqa: E402
+from calipers.stages.sbi import simulator_from_spec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,10 @@ def nz_file(tmp_path_factory):
 
 
 def test_simulator_shapes_noise_and_nz_marginalisation(nz_file):
-    fixed = make_simulator("cosmology_cl", nz_path=nz_file, marginalise_nz=False, n_ell=4)
-    marg = make_simulator("cosmology_cl", nz_path=nz_file, marginalise_nz=True, n_ell=4)
+    fixed = simulator_from_spec({"simulator": "cosmology_cl",
+                                 "options": {"nz_path": nz_file, "marginalise_nz": False, "n_ell": 4}})
+    marg = simulator_from_spec({"simulator": "cosmology_cl",
+                                "options": {"nz_path": nz_file, "marginalise_nz": True, "n_ell": 4}})
     theta = np.array([[0.3, 0.8], [0.3, 0.8]])
     x1 = fixed.simulate(theta, np.random.default_rng(0))
     x2 = fixed.simulate(theta, np.random.default_rng(0))

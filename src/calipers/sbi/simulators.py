@@ -60,15 +60,18 @@ def make_simulator(name: str, **options):
 class CosmologyCl:
     """Tomographic C_ell simulator: theta = (Omega_m, sigma8) under a uniform box prior.
 
-    Each simulation builds a pyccl cosmology (Omega_c = Omega_m - Omega_b; Omega_b, h, n_s fixed),
-    takes the n(z) of every tomographic bin from an ``NZEstimate`` output - the fiducial one, or
+    The n(z) arrays are given (the stages read them from an ``NZEstimate`` output, see
+    ``calipers.stages.sbi.simulator_from_spec``). Each simulation builds a pyccl cosmology (Omega_c = Omega_m - Omega_b; Omega_b, h, n_s fixed),
+    takes the n(z) of every tomographic bin - the fiducial one, or
     (``marginalise_nz``) one of its realizations drawn at random, so that the posterior
     marginalises over the n(z) uncertainty - computes C_ell for every tracer pair and adds noise
     drawn from the Gaussian (Knox) covariance of the survey at the fiducial cosmology. The data
     vector is C_ell scaled by ell(ell+1)/2pi x 1e5, pair-major, ell-minor.
     """
 
-    nz_path: str = ""
+    zgrid: np.ndarray | None = None       # n(z) grid
+    nz_fid: np.ndarray | None = None      # fiducial n(z) per bin (n_bins, nz)
+    nz_real: np.ndarray | None = None     # realizations (n_real, n_bins, nz)
     marginalise_nz: bool = True
     probes: tuple = ("shear",)
     ell_min: float = 20.0
@@ -89,12 +92,10 @@ class CosmologyCl:
     def __post_init__(self):
         from calipers import cosmology as cos
 
-        if not self.nz_path:
-            raise ValueError("cosmology_cl needs nz_path: an NZEstimate output")
-        from calipers.stages.cosmology import read_nz
-
+        if self.zgrid is None or self.nz_fid is None or self.nz_real is None:
+            raise ValueError("cosmology_cl needs zgrid, nz_fid and nz_real (e.g. from an NZEstimate output)")
         self.probes = tuple(self.probes)
-        self.zgrid, self.nz_fid, self.nz_real = read_nz(self.nz_path)
+        self.zgrid, self.nz_fid, self.nz_real = (np.asarray(a, dtype=float) for a in (self.zgrid, self.nz_fid, self.nz_real))
         self.ell, self.dell = cos.ell_bins(self.ell_min, self.ell_max, self.n_ell)
         self.pairs = cos.tracer_pairs(len(self.nz_fid), self.probes)
         self.scale = np.tile(self.ell * (self.ell + 1) / (2 * np.pi) * 1e5, len(self.pairs))

@@ -29,9 +29,16 @@ def read_simulations(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def simulator_from_spec(spec: dict):
+    """The simulator a spec describes; an ``nz_path`` option (an NZEstimate output) is read here and
+    handed to the simulator as arrays."""
     from calipers.sbi import make_simulator
 
-    return make_simulator(spec["simulator"], **spec["options"])
+    options = dict(spec["options"])
+    if "nz_path" in options:
+        from calipers.stages.cosmology import read_nz
+
+        options["zgrid"], options["nz_fid"], options["nz_real"] = read_nz(options.pop("nz_path"))
+    return make_simulator(spec["simulator"], **options)
 
 
 class Simulate(CalipersStage):
