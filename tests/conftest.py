@@ -182,3 +182,64 @@ def griz_model_dir(tmp_path_factory) -> str:
     model = d / "model"
     run_stage("PZInform", cfg, training_catalog=TRAIN_100, model=str(model))
     return str(model)
+
+
+# ---------------------------------------------------------------------------- MPI (simulated)
+class ThreadComm:
+    """The slice of an MPI communicator the stages use, for ranks running as threads."""
+
+    def __init__(self, rank: int, size: int, barrier, shared: dict):
+        self.rank, self.size, self.barrier, self.shared = rank, size, barrier, shared
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Barrier(self):
+        self.barrier.wait()
+
+    def bcast(self, obj, root=0):
+        if self.rank == root:
+            self.shared["bcast"] = obj
+        self.barrier.wait()
+        out = self.shared["bcast"]
+        self.barrier.wait()
+        return out
+
+    def gather(self, obj, root=0):
+        self.shared[("gather", self.rank)] = obj
+        self.barrier.wait()
+        out = [self.shared[("gather", r)] for r in range(self.size)] if self.rank == root else None
+        self.barrier.wait()
+        return out
+
+
+def run_as_ranks(stage_cls, args: dict, size: int = 2) -> None:
+    """Run a stage as ``size`` MPI-like ranks (threads sharing a ThreadComm); re-raise the first error."""
+    import threading
+
+    barrier = threading.Barrier(size, timeout=120)
+    errors: list[BaseException] = []
+    shared: dict = {}
+
+    def rank_main(rank):
+        try:
+            stage = stage_cls(dict(args), comm=ThreadComm(rank, size, barrier, shared))
+            assert stage.rank == rank and stage.size == size and stage.is_mpi()
+            stage.validate()
+            stage.run()
+            stage.finalize()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]

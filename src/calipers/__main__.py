@@ -16,7 +16,21 @@ def main() -> int:
         print(__doc__)
         print("Stages:", ", ".join(sorted(CalipersStage.registered())))
         return 0 if len(sys.argv) >= 2 else 1
-    return ceci.PipelineStage.main()
+    if "--mpi" not in sys.argv:
+        return ceci.PipelineStage.main()
+    try:
+        return ceci.PipelineStage.main()
+    except BaseException:
+        # an exception on one rank would leave the others waiting in a collective call for ever:
+        # report it, then abort the whole MPI job (the stage has already discarded its outputs)
+        import traceback
+
+        from mpi4py import MPI
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -112,3 +112,24 @@ def test_apply_rejects_catalog_of_other_length(tmp_path):
         run_stage("PZApplyCalibration", cfg, pz=pz, calibrator=str(calibrator), catalog=short,
                   calibrated_pz=str(tmp_path / "o.hdf5"))
     assert not (tmp_path / "o.hdf5").exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["pit_global", "pit_local"])
+def test_apply_over_two_ranks_equals_serial(tmp_path, method):
+    from calipers.stages import PZApplyCalibration
+    from conftest import run_as_ranks
+
+    pz, truth = toy(tmp_path, n=600, width_factor=1.5, seed=4)
+    with h5py.File(truth, "a") as f:  # a feature for the local method
+        f["photometry/x"] = np.linspace(0, 1, 600)
+    calibrator = tmp_path / "calibrator"
+    cal = {"n_knots": 20, "method": method, "feature_columns": ["x"], "n_members": 1, "max_epochs": 5, "hidden": 8}
+    cfg = config(tmp_path, PZCalibrate=cal, PZApplyCalibration={"chunk_size": 64})
+    run_stage("PZCalibrate", cfg, calibration_pz=pz, calibration_truth=truth, calibrator=str(calibrator))
+    serial, mpi = tmp_path / "serial.hdf5", tmp_path / "mpi.hdf5"
+    run_stage("PZApplyCalibration", cfg, pz=pz, calibrator=str(calibrator), catalog=truth, calibrated_pz=str(serial))
+    run_as_ranks(PZApplyCalibration, {"pz": pz, "calibrator": str(calibrator), "catalog": truth,
+                                      "calibrated_pz": str(mpi), "config": cfg})
+    a, b = qp.read(str(serial)), qp.read(str(mpi))
+    np.testing.assert_array_equal(a.objdata["yvals"], b.objdata["yvals"])
+    assert not leftovers(tmp_path)

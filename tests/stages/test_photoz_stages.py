@@ -26,6 +26,7 @@ from conftest import (
     leftovers,
     mags_errs,
     random_rows,
+    run_as_ranks,
     run_stage,
     subprocess_env,
     subset,
@@ -387,60 +388,11 @@ def test_stage_declarations():
 
 
 # ---------------------------------------------------------------------------- MPI (simulated)
-class ThreadComm:
-    """The slice of an MPI communicator the stages use, for ranks running as threads."""
-
-    def __init__(self, rank: int, size: int, barrier, shared: dict):
-        self.rank, self.size, self.barrier, self.shared = rank, size, barrier, shared
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-    def Barrier(self):
-        self.barrier.wait()
-
-    def bcast(self, obj, root=0):
-        if self.rank == root:
-            self.shared["bcast"] = obj
-        self.barrier.wait()
-        out = self.shared["bcast"]
-        self.barrier.wait()
-        return out
-
-
 def test_estimate_split_over_ranks_equals_serial(tmp_path, tiny_model_dir, estimate_output):
     """Two ranks (threads with a shared barrier) write part files that rank 0 merges."""
-    import threading
-
     cfg = write_config(tmp_path / "config.yml", estimate={"chunk_size": 4})  # as estimate_output
     pz = tmp_path / "pz.hdf5"
-    size = 2
-    barrier = threading.Barrier(size, timeout=120)
-    errors = []
-    shared = {}
-
-    def rank_main(rank):
-        try:
-            stage = PZEstimate({"model": tiny_model_dir, "catalog": VALID_10, "pz": str(pz), "config": cfg},
-                               comm=ThreadComm(rank, size, barrier, shared))
-            assert stage.rank == rank and stage.size == size and stage.is_mpi()
-            stage.validate()
-            stage.run()
-            stage.finalize()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-    if errors:
-        raise errors[0]
+    run_as_ranks(PZEstimate, {"model": tiny_model_dir, "catalog": VALID_10, "pz": str(pz), "config": cfg}, size=2)
     assert sorted(f for f in os.listdir(tmp_path) if f != ".calipers") == ["config.yml", "pz.hdf5"]  # no part or in-progress files (.calipers: the run record)
     for group in ("data", "ancil"):
         a, b = read_group(str(pz), group), read_group(estimate_output, group)

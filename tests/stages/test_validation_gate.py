@@ -81,3 +81,31 @@ def test_on_fail_warn_goes_on(tmp_path):
     pz, truth = toy(tmp_path, width_factor=0.5)
     report = gate(tmp_path, pz, truth, on_fail="warn")
     assert json.loads((report / "report.json").read_text())["passed"] is False
+
+
+def test_gate_over_two_ranks_equals_serial(tmp_path):
+    """Ranks score their chunks; rank 0 merges the accumulators: the report equals the serial one."""
+    from calipers.stages import ValidationGate
+    from conftest import run_as_ranks
+
+    pz, truth = toy(tmp_path, nan_rows=[7])
+    cfg = tmp_path / "g.yml"
+    cfg.write_text(yaml.safe_dump({"ValidationGate": {"chunk_size": 400, "on_fail": "warn"}}))
+    run_stage("ValidationGate", str(cfg), pz=pz, truth=truth, report=str(tmp_path / "serial"))
+    run_as_ranks(ValidationGate, {"pz": pz, "truth": truth, "report": str(tmp_path / "mpi"), "config": str(cfg)})
+    serial = json.loads((tmp_path / "serial" / "report.json").read_text())
+    mpi = json.loads((tmp_path / "mpi" / "report.json").read_text())
+    assert mpi["metrics"] == serial["metrics"] and mpi["checks"] == serial["checks"]
+    assert serial["metrics"]["n_invalid"] == 1
+
+
+def test_failing_gate_raises_on_every_rank(tmp_path):
+    from calipers.stages import ValidationGate
+    from conftest import run_as_ranks
+
+    pz, truth = toy(tmp_path, width_factor=0.5)
+    cfg = tmp_path / "g.yml"
+    cfg.write_text(yaml.safe_dump({"ValidationGate": {"chunk_size": 500}}))
+    with pytest.raises(GateFailed, match="pit_ks"):
+        run_as_ranks(ValidationGate, {"pz": pz, "truth": truth, "report": str(tmp_path / "r"), "config": str(cfg)})
+    assert (tmp_path / "r.FAILED" / "report.json").exists() and not (tmp_path / "r").exists()

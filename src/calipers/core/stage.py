@@ -17,9 +17,10 @@ and implement :meth:`process` (not ``run``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import difflib
+import json
 import logging
 import os
 import sys
@@ -173,6 +174,54 @@ class CalipersStage(PipelineStage):
         """This rank's chunks of an input catalog: (start, end, {column: array})."""
         return _catalog.iter_chunks(self.input_path(tag), group, columns, chunk_size, self.rank, self.size)
 
+    def merge_on_root(self, part, merge):
+        """Gather every rank's ``part`` on rank 0 and fold them in rank order with
+        ``merge(a, b) -> a``; rank 0 gets the result, other ranks ``None``. Parts should be
+        small summaries (histograms, accumulators), never catalogs."""
+        if self.size == 1 or self.comm is None:
+            return part
+        parts = self.comm.gather(part, root=0)
+        if self.rank != 0:
+            return None
+        out = parts[0]
+        for p in parts[1:]:
+            out = merge(out, p)
+        return out
+
+    @contextlib.contextmanager
+    def qp_output(self, tag: str, n_rows: int, chunk_size: int, **layout):
+        """A :class:`~calipers.core.qpio.QPChunkWriter` for output ``tag``, whose ``write(start,
+        end, data, ancil)`` takes catalog rows of this rank's chunks (``catalog.chunk_ranges(n_rows,
+        chunk_size, rank, size)``).
+
+        Serially it writes the (in-progress) output directly. Under MPI each rank writes its
+        chunks to a part file and rank 0 then copies the parts into the output chunk by chunk
+        (no rank holds the catalog; no parallel HDF5 needed). ``layout``: ``meta``,
+        ``data_shapes``, ``ancil_names``, ``ancil_dtypes`` as for ``QPChunkWriter``.
+        """
+        from calipers.core.qpio import QPChunkWriter, merge_parts
+
+        target = self.output_path(tag)
+        prov = self.provenance()
+        if self.size == 1:
+            with QPChunkWriter(target, n_rows, provenance=prov, **layout) as out:
+                yield out
+            return
+        ranges = _catalog.chunk_ranges(n_rows, chunk_size, self.rank, self.size)
+        offsets, o = {}, 0
+        for s, e in ranges:
+            offsets[s] = o
+            o += e - s
+        with QPChunkWriter(f"{target}.rank{self.rank}", o, provenance=prov, **layout) as part:
+            yield _PartWriter(part, offsets)
+        self.comm.Barrier()
+        if self.rank == 0:
+            with QPChunkWriter(target, n_rows, provenance=prov, **layout):
+                pass
+            merge_parts(target, [(f"{target}.rank{r}", _catalog.chunk_ranges(n_rows, chunk_size, r, self.size))
+                                 for r in range(self.size)])
+        self.comm.Barrier()
+
     # ------------------------------------------------------------------ life cycle
     def process(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.process")
@@ -188,7 +237,11 @@ class CalipersStage(PipelineStage):
     def discard_outputs(self) -> None:
         """Delete this stage's in-progress outputs (called when the stage fails)."""
         for tag in self.output_tags():
-            remove_path(self.get_output(tag))
+            for path in (self.get_output(tag), f"{self.get_output(tag)}.rank{self.rank}"):
+                try:
+                    remove_path(path)
+                except FileNotFoundError:  # another rank removed it first
+                    pass
 
     def finalize(self):
         super().finalize()
@@ -217,3 +270,16 @@ class CalipersStage(PipelineStage):
                   "input_hashes": json.loads(self.provenance().get("input_hashes", "{}")),
                   "outputs": {t: {"path": p, "hash": file_hash(p)} for t, p in finals.items()}}
         write_record(ledger_path(next(iter(finals.values())), self.instance_name), record)
+
+
+class _PartWriter:
+    """Maps catalog rows of this rank's chunks onto rows of its part file."""
+
+    def __init__(self, part, offsets: dict[int, int]):
+        self.part, self.offsets = part, offsets
+
+    def write(self, start: int, end: int, data: dict, ancil: dict) -> None:
+        if start not in self.offsets:
+            raise ValueError(f"rows {start}:{end} are not a chunk of this rank")
+        o = self.offsets[start]
+        self.part.write(o, o + end - start, data, ancil)

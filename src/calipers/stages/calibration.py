@@ -26,7 +26,7 @@ from calipers.calibrate import ConformalPredictiveDistribution, LocalPITConfig, 
 from calipers.core import catalog
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
-from calipers.core.qpio import QPChunkWriter, qp_size, read_qp_rows
+from calipers.core.qpio import qp_size, read_qp_rows
 from calipers.core.stage import CalipersStage, Param
 from calipers.photoz.preprocess import PhotometryPreprocessor
 from calipers.stages.photoz import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
@@ -49,22 +49,22 @@ FEATURE_OPTIONS = CATALOG_OPTIONS | {
 }
 
 
-def read_features(path: str, spec: dict) -> np.ndarray:
-    """Feature matrix of a catalog for local calibration, as described by ``spec`` (saved in the
-    calibrator): explicit columns, or cleaned magnitudes plus adjacent colours."""
+def read_features(path: str, spec: dict, start: int = 0, end: int | None = None) -> np.ndarray:
+    """Feature matrix of catalog rows [start, end) for local calibration, as described by
+    ``spec`` (saved in the calibrator): explicit columns, or cleaned magnitudes plus adjacent colours."""
     group = spec["hdf5_groupname"]
     if spec["feature_columns"]:
-        cols = catalog.read_columns(path, group, spec["feature_columns"])
+        cols = catalog.read_columns(path, group, spec["feature_columns"], start, end)
         x = stack(cols, spec["feature_columns"])
     else:
         mags, errs = spec["mag_columns"], spec["err_columns"]
-        cols = catalog.read_columns(path, group, mags + errs)
+        cols = catalog.read_columns(path, group, mags + errs, start, end)
         prep = PhotometryPreprocessor.from_dict(spec["preprocessor"])
         clean, _, _ = prep.transform(stack(cols, mags), stack(cols, errs))
         x = np.hstack([clean, clean[:, :-1] - clean[:, 1:]])
     bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
     if bad.size:
-        raise ValueError(f"{path}: calibration features not finite in {bad.size} row(s), first at row {bad[0]}")
+        raise ValueError(f"{path}: calibration features not finite in {bad.size} row(s), first at row {start + bad[0]}")
     return x
 
 
@@ -183,11 +183,11 @@ class PZApplyCalibration(CalipersStage):
     """
 
     name = "PZApplyCalibration"
-    parallel = False
+    parallel = True
     inputs = [("pz", QPEnsembleFile), ("calibrator", ModelDir), ("catalog", HDF5Catalog)]
     outputs = [("calibrated_pz", QPEnsembleFile)]
     config_options = CalipersStage.config_options | {
-        "chunk_size": Param(int, 20_000, msg="Distributions per chunk (memory scales with this)"),
+        "chunk_size": Param(int, 20_000, msg="Distributions per chunk (memory scales with this); MPI ranks share the chunks"),
         "hdf5_groupname": Param(str, "photometry", msg="Group of the catalog (row count check for global methods)"),
     }
 
@@ -198,28 +198,25 @@ class PZApplyCalibration(CalipersStage):
         path = self.input_path("pz")
         n = qp_size(path)
         cat = self.input_path("catalog")
-        if method == "pit_local":
-            feats = read_features(cat, spec["features"])
-            n_cat = len(feats)
-        else:
-            group = spec.get("features", {}).get("hdf5_groupname", self.config["hdf5_groupname"])
-            n_cat = catalog.catalog_info(cat, group)[0]
+        group = spec.get("features", {}).get("hdf5_groupname", self.config["hdf5_groupname"])
+        n_cat = catalog.catalog_info(cat, group)[0]
         if n_cat != n:
             raise ValueError(f"{path} holds {n} p(z) but the catalog {cat} has {n_cat} rows")
         meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
         first = read_qp_rows(path, 0, min(1, n))
         ancil_names = sorted(first.ancil) if first.ancil else []
         chunk = self.config["chunk_size"]
-        with QPChunkWriter(self.output_path("calibrated_pz"), n, meta, {"yvals": (nz,)}, ancil_names,
-                           provenance=self.provenance(), ancil_dtypes={"id": np.int64}) as out:
-            for start in tqdm(range(0, n, chunk), desc=self.instance_name, leave=False):
-                end = min(start + chunk, n)
+        ranges = catalog.chunk_ranges(n, chunk, self.rank, self.size)
+        layout = dict(meta=meta, data_shapes={"yvals": (nz,)}, ancil_names=ancil_names, ancil_dtypes={"id": np.int64})
+        with self.qp_output("calibrated_pz", n, chunk, **layout) as out:
+            for start, end in tqdm(ranges, desc=self.instance_name, leave=False, disable=self.rank != 0):
                 ens = read_qp_rows(path, start, end)
                 pdfs, valid = grid_pdfs(ens, zgrid)
                 new = np.full_like(pdfs, np.nan)  # invalid rows stay NaN: the gate counts them
                 if valid.any():
                     if method == "pit_local":
-                        new[valid] = cal.transform_pdfs(pdfs[valid], zgrid, feats[start:end][valid])
+                        feats = read_features(cat, spec["features"], start, end)
+                        new[valid] = cal.transform_pdfs(pdfs[valid], zgrid, feats[valid])
                     else:
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
                 ancil = {k: ens.ancil[k] for k in ancil_names}

@@ -11,10 +11,8 @@ from tqdm.auto import tqdm
 
 from calipers.core.models import load_model, save_model
 from calipers.core import catalog
-from calipers.core.atomic import remove_path
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
-from calipers.core.qpio import QPChunkWriter, merge_parts
 from calipers.core.stage import CalipersStage, Param
 from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf, mixture_point_estimates
 from calipers.photoz.mixture import POINT_ESTIMATES
@@ -181,14 +179,10 @@ class PZEstimate(CalipersStage):
             zgrid = np.linspace(c["zmin"], c["zmax"], c["nzbins"])
             meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
             shapes = {"yvals": (len(zgrid),)}
-        target = self.output_path("pz")
         ranges = catalog.chunk_ranges(n, c["chunk_size"], self.rank, self.size)
-        mine = target if self.size == 1 else f"{target}.rank{self.rank}"
-        n_mine = sum(e - s for s, e in ranges)
-        kw = dict(meta=meta, data_shapes=shapes, ancil_names=ancil, ancil_dtypes={"id": np.int64})
+        layout = dict(meta=meta, data_shapes=shapes, ancil_names=ancil, ancil_dtypes={"id": np.int64})
         t0 = time.time()
-        with QPChunkWriter(mine, n if self.size == 1 else n_mine, provenance=self.provenance(), **kw) as out:
-            offset = 0
+        with self.qp_output("pz", n, c["chunk_size"], **layout) as out:
             chunks = self.iter_catalog("catalog", group, read_cols, c["chunk_size"])
             for start, end, cols in tqdm(chunks, total=len(ranges), desc=f"{self.instance_name} chunks",
                                          disable=self.rank != 0, leave=False):
@@ -201,21 +195,7 @@ class PZEstimate(CalipersStage):
                 else:
                     p = mixture_pdf(w, mu, s, zgrid)
                     data = {"yvals": p / np.trapezoid(p, zgrid, axis=1)[:, None]}
-                a, b = (start, end) if self.size == 1 else (offset, offset + end - start)
-                out.write(a, b, data, est)
-                offset += end - start
-        if self.size > 1:
-            self.comm.Barrier()
-            if self.rank == 0:
-                with QPChunkWriter(target, n, provenance=self.provenance(), **kw):
-                    pass
-                merge_parts(target, [(f"{target}.rank{r}", catalog.chunk_ranges(n, c["chunk_size"], r, self.size))
-                                     for r in range(self.size)])
-            self.comm.Barrier()
+                out.write(start, end, data, est)
         dt = time.time() - t0
         if self.rank == 0:
             log.info("estimated p(z) for %d galaxies in %.1f s (%.0f galaxies/s)", n, dt, n / max(dt, 1e-9))
-
-    def discard_outputs(self):
-        super().discard_outputs()
-        remove_path(f"{self.get_output('pz')}.rank{self.rank}")

@@ -46,24 +46,34 @@ class GateStage(CalipersStage):
         if self.config["on_fail"] not in ("error", "warn"):
             raise ConfigError(f"on_fail must be 'error' or 'warn', got {self.config['on_fail']!r}")
 
-    def conclude(self, title: str, summary: dict, checks: list, figures: dict) -> None:
-        path = self.output_path(self.report_tag)
-        write_report(path, title, summary, checks, figures, provenance=self.provenance())
-        failed = [c.describe() for c in checks if not c.passed]
-        for c in checks:
-            log.info("%s", c.describe())
+    def conclude(self, title: str, summary: dict | None, checks: list | None, figures: dict | None) -> None:
+        """Write the report (rank 0, which alone holds ``summary``/``checks``/``figures`` under
+        MPI), then on failure move it aside and raise on every rank, so no rank waits forever."""
+        failed, report = [], None
+        prov = self.provenance()  # collective under MPI: every rank takes part
+        if self.rank == 0:
+            path = self.output_path(self.report_tag)
+            write_report(path, title, summary, checks, figures, provenance=prov)
+            failed = [c.describe() for c in checks if not c.passed]
+            for c in checks:
+                log.info("%s", c.describe())
+            if failed and self.config["on_fail"] == "error":
+                # keep the report for the user, under a name that is not the declared output (so a
+                # resumed pipeline never mistakes a failed gate for a finished one)
+                final = self.get_output(self.report_tag, final_name=True) + ".FAILED"
+                if os.path.exists(final):
+                    shutil.rmtree(final)
+                shutil.move(path, final)
+                report = os.path.join(os.path.abspath(final), "index.html")
+        if self.size > 1:
+            failed, report = self.comm.bcast((failed, report), root=0)
         if not failed:
             return
         if self.config["on_fail"] == "warn":
-            log.warning("gate %s FAILED %d check(s) but on_fail=warn: going on", self.instance_name, len(failed))
+            if self.rank == 0:
+                log.warning("gate %s FAILED %d check(s) but on_fail=warn: going on", self.instance_name, len(failed))
             return
-        # keep the report for the user, under a name that is not the declared output (so a resumed
-        # pipeline never mistakes a failed gate for a finished one)
-        final = self.get_output(self.report_tag, final_name=True) + ".FAILED"
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        shutil.move(path, final)
-        raise GateFailed(failed, report=os.path.join(os.path.abspath(final), "index.html"))
+        raise GateFailed(failed, report=report)
 
 
 class ValidationGate(GateStage):
@@ -77,7 +87,7 @@ class ValidationGate(GateStage):
     """
 
     name = "ValidationGate"
-    parallel = False
+    parallel = True
     inputs = [("pz", QPEnsembleFile), ("truth", HDF5Catalog)]
     outputs = [("report", ReportDir)]
     config_options = CalipersStage.config_options | GATE_OPTIONS | TRUTH_OPTIONS | {
@@ -91,6 +101,7 @@ class ValidationGate(GateStage):
                                    msg="Redshift interval edges whose p(z) probabilities are checked for reliability"),
         "zmax": Param(float, 3.0, msg="Upper end of the metric grid (starts at 0)"),
         "nzbins": Param(int, 601, msg="Points in the metric grid"),
+        "chunk_size": Param(int, 20_000, msg="Distributions per chunk; MPI ranks share the chunks"),
     }
 
     @classmethod
@@ -98,35 +109,42 @@ class ValidationGate(GateStage):
         return {"truth": (config["hdf5_groupname"], [config["redshift_column"]])}
 
     def process(self):
-        import qp
-
+        """Each rank scores its chunks into a :class:`PZMetricAccumulator` (histograms and
+        per-chunk sums, never the catalog); rank 0 merges them, judges and writes the report."""
+        from calipers.core.qpio import qp_size, read_qp_rows
         from calipers.validate import gate, plots
-        from calipers.validate.classification import interval_outcomes, interval_probabilities, reliability
-        from calipers.validate.metrics import grid_pdfs, pit_values, pz_metrics
+        from calipers.validate.metrics import grid_pdfs
+        from calipers.validate.streaming import PZMetricAccumulator
 
         c = self.config
-        ens = qp.read(self.input_path("pz"))
-        z = read_truth(self, "truth", ens.npdf, self.input_path("pz"))
+        pz_path, truth_path = self.input_path("pz"), self.input_path("truth")
+        group, col = c["hdf5_groupname"], c["redshift_column"]
+        n = qp_size(pz_path)
+        n_truth = catalog.require_columns(truth_path, group, [col])
+        if n_truth != n:
+            raise ValueError(f"{pz_path} holds {n} p(z) but {truth_path} has {n_truth} rows")
         zgrid = np.linspace(0.0, c["zmax"], c["nzbins"])
-        m = pz_metrics(ens, z, zgrid)
+        acc = PZMetricAccumulator(zgrid, reliability_edges=tuple(c["reliability_edges"]))
+        for start, end in catalog.chunk_ranges(n, c["chunk_size"], self.rank, self.size):
+            z = catalog.read_columns(truth_path, group, [col], start, end)[col]
+            pdfs, valid = grid_pdfs(read_qp_rows(pz_path, start, end), zgrid)
+            acc.update(start, pdfs, valid, z)
+        acc = self.merge_on_root(acc, lambda a, b: a.merge(b))
+        if self.rank != 0:
+            self.conclude("", None, None, None)
+            return
+        m = acc.result()
         checks = gate.pz_gate_checks(m, c["max_pit_ks"], c["max_coverage_error"], c["max_cde_loss"],
                                      c["max_invalid_fraction"], c["max_outlier_015"])
-        pdfs, valid = grid_pdfs(ens, zgrid)
-        valid &= np.isfinite(z)
-        pit = pit_values(pdfs[valid], zgrid, z[valid]) if valid.any() else np.array([0.5])
         edges = c["reliability_edges"]
-        if valid.any():
-            prob = interval_probabilities(pdfs[valid], zgrid, edges).ravel()
-            hit = interval_outcomes(z[valid], edges).ravel()
-        else:
-            prob, hit = np.array([0.5]), np.array([0.0])
-        rel = reliability(prob, hit, bins=10)
-        m["ece"], m["mce"] = rel["ece"], rel["mce"]
-        checks.append(gate.Check("ece", rel["ece"], "<=", c["max_ece"],
+        checks.append(gate.Check("ece", m["ece"], "<=", c["max_ece"],
                                  why=f"reliability of p(z) probabilities for z in {len(edges) - 1} intervals"))
-        figures = {"pit_histogram": plots.pit_histogram(pit), "coverage": plots.coverage_curve(pit),
-                   "reliability": plots.reliability_diagram(prob, hit, bins=10)}
-        self.conclude(f"p(z) validation gate: {os.path.basename(self.input_path('pz'))}", m, checks, figures)
+        levels = plots.COVERAGE_LEVELS
+        figures = {"pit_histogram": plots.pit_histogram_counts(acc.pit_counts),
+                   "coverage": plots.coverage_curve_values(levels, [acc.coverage(lv) for lv in levels]),
+                   "reliability": plots.reliability_curve(m["reliability_confidence"], m["reliability_accuracy"],
+                                                          m["reliability_count"])}
+        self.conclude(f"p(z) validation gate: {os.path.basename(pz_path)}", m, checks, figures)
 
 
 class ShiftTest(GateStage):

@@ -16,10 +16,21 @@ def pyplot():
 
 def pit_histogram(pit: np.ndarray, bins: int = 50):
     """PIT histogram with the 95% band expected for a uniform PIT of the same size."""
+    counts, _ = np.histogram(pit, bins=bins, range=(0, 1))
+    return pit_histogram_counts(counts)
+
+
+def pit_histogram_counts(counts: np.ndarray, bins: int = 50):
+    """PIT histogram from counts in equal bins on [0, 1] (re-binned to ``bins`` when a multiple)."""
     plt = pyplot()
-    n = len(pit)
+    counts = np.asarray(counts)
+    if len(counts) != bins and len(counts) % bins == 0:
+        counts = counts.reshape(bins, -1).sum(axis=1)
+    bins = len(counts)
+    n = int(counts.sum())
+    edges = np.linspace(0, 1, bins + 1)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    counts, edges, _ = ax.hist(pit, bins=bins, range=(0, 1), color="tab:blue", alpha=0.8)
+    ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8)
     expect = n / bins
     sd = np.sqrt(n * (1 / bins) * (1 - 1 / bins))
     ax.axhspan(expect - 2 * sd, expect + 2 * sd, color="0.6", alpha=0.4, label="uniform, 95% band")
@@ -30,14 +41,21 @@ def pit_histogram(pit: np.ndarray, bins: int = 50):
     return fig
 
 
+COVERAGE_LEVELS = np.round(np.linspace(0.01, 0.99, 99), 2)
+
+
 def coverage_curve(pit: np.ndarray):
     """Empirical coverage of central intervals against their nominal level."""
+    emp = [np.mean((pit > (1 - lev) / 2) & (pit < 1 - (1 - lev) / 2)) for lev in COVERAGE_LEVELS]
+    return coverage_curve_values(COVERAGE_LEVELS, emp)
+
+
+def coverage_curve_values(levels, empirical):
+    """Plot measured central-interval coverage (``empirical``) at nominal ``levels``."""
     plt = pyplot()
-    levels = np.linspace(0.01, 0.99, 99)
-    emp = [np.mean((pit > (1 - lev) / 2) & (pit < 1 - (1 - lev) / 2)) for lev in levels]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
-    ax.plot(levels, emp, color="tab:red", label="measured")
+    ax.plot(levels, empirical, color="tab:red", label="measured")
     ax.set(xlabel="nominal coverage", ylabel="empirical coverage", title="Central-interval coverage",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend()
@@ -47,11 +65,22 @@ def coverage_curve(pit: np.ndarray):
 
 def reliability_diagram(prob: np.ndarray, outcome: np.ndarray, bins: int = 10):
     """Reliability diagram for predicted probabilities of a binary outcome."""
-    plt = pyplot()
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(prob, edges) - 1, 0, bins - 1)
     conf = np.array([prob[idx == b].mean() if np.any(idx == b) else np.nan for b in range(bins)])
     acc = np.array([outcome[idx == b].mean() if np.any(idx == b) else np.nan for b in range(bins)])
+    return reliability_curve(conf, acc)
+
+
+def reliability_curve(confidence, accuracy, count=None):
+    """Reliability diagram from per-bin mean confidence and observed frequency (empty bins: NaN
+    or ``count`` = 0)."""
+    plt = pyplot()
+    conf = np.asarray(confidence, dtype=float)
+    acc = np.asarray(accuracy, dtype=float)
+    if count is not None:
+        empty = np.asarray(count) == 0
+        conf, acc = np.where(empty, np.nan, conf), np.where(empty, np.nan, acc)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.plot(conf, acc, "o-", color="tab:green")
