@@ -22,11 +22,12 @@ QUICK_CALIBRATE = {"n_members": 1, "max_epochs": 20, "hidden": 16, "n_components
 
 
 def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimate: dict,
-                   gate: dict | None = None, name: str = "photoz", extra: dict | None = None) -> Path:
-    """A pipeline YAML and stage config like pipelines/<name>.yml + stages/<name>.yml."""
+                   gate: dict | None = None, name: str = "photoz", extra: dict | None = None,
+                   stages_name: str | None = None) -> Path:
+    """A pipeline YAML and stage config like pipelines/<name>.yml + stages/<stages_name or name>.yml."""
     with open(REPO / "pipelines" / f"{name}.yml") as fh:
         pipe = yaml.safe_load(fh)
-    with open(REPO / "stages" / f"{name}.yml") as fh:
+    with open(REPO / "stages" / f"{stages_name or name}.yml") as fh:
         stages = yaml.safe_load(fh)
     for section, values in (extra or {}).items():
         stages[section].update(values)
@@ -225,3 +226,33 @@ def test_content_addressed_resume(tmp_path, catalogs):
         fh.write(b"\0")
     plans = {p.name: p for p in plan_resume(str(pipe))}
     assert plans["PZEstimate"].reason == "output pz was modified" and plans["PZInform"].run is False
+
+
+def test_parsl_launcher_gives_the_same_outputs(pipeline_run, catalogs, tmp_path):
+    """pipelines/photoz_parsl.yml (launcher: parsl) with the settings of ``pipeline_run`` (mini
+    launcher) writes the same p(z), calibrated p(z) and gate metrics."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("parsl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("parsl is needed for the parsl launcher test: CI must install it (.ci/run)")
+        pytest.skip("parsl is not installed")
+    from test_mpi import assert_same_h5
+
+    d_mini, proc = pipeline_run
+    assert proc.returncode == 0
+    train, test = catalogs
+    pipe = pipeline_files(tmp_path, train, test, inform=dict(TINY_INFORM, max_epochs=5), estimate={"chunk_size": 64},
+                          gate={"on_fail": "warn"}, name="photoz_parsl", stages_name="photoz")
+    spec = yaml.safe_load(pipe.read_text())
+    assert spec["launcher"]["name"] == "parsl"
+    spec["launcher"]["log"] = str(tmp_path / "out" / "logs" / "parsl.log")
+    pipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+    proc = run_ceci(pipe)
+    assert proc.returncode == 0, f"ceci (parsl) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out, ref = tmp_path / "out", d_mini / "out"
+    for f in ("pz.hdf5", "calibration_pz.hdf5", "calibrated_pz.hdf5"):
+        assert_same_h5(out / f, ref / f)
+    metrics = [json.loads((o / "report" / "report.json").read_text())["metrics"] for o in (out, ref)]
+    assert metrics[0] == metrics[1]

@@ -224,3 +224,21 @@ def test_provenance_hdf5_round_trip(tmp_path):
     with h5py.File(path, "w") as f:
         write_provenance_hdf5(f, prov)
     assert read_provenance(str(path)) == prov
+
+
+def test_device_binds_rank_r_to_gpu_r_mod_n(monkeypatch):
+    import torch
+
+    from calipers.core.device import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [choose_device("auto", r) for r in range(5)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert choose_device("cuda", 3) == "cuda:1" and choose_device("cuda:0", 3) == "cuda:0"
+    assert choose_device("cpu", 1) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto", 1) == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        choose_device("cuda", 0)
+    with pytest.raises(ValueError, match="Unknown device"):
+        choose_device("tpu", 0)

@@ -87,8 +87,8 @@ class DeepEnsemble:
         return MixtureDensityNetwork(len(self.bands), c.n_components, c.hidden, c.n_layers, c.activation, c.colours)
 
     def fit(self, mags: np.ndarray, errs: np.ndarray, z: np.ndarray, bands: list[str], device: str = "cpu",
-            progress: bool = True) -> "DeepEnsemble":
-        """Train every member.
+            progress: bool = True, members=None) -> "DeepEnsemble":
+        """Train every member (or only the members numbered in ``members``).
 
         Parameters
         ----------
@@ -101,6 +101,10 @@ class DeepEnsemble:
             Band names, stored in the model and checked when it is applied.
         device : str
             Torch device for training.
+        members : sequence of int, optional
+            Train only these members (e.g. one MPI rank's share); member k depends only on
+            (seed, k), so members trained apart and joined with :meth:`adopt_members` equal
+            those of one serial fit.
         """
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 1 or len(z) != len(mags):
@@ -115,11 +119,34 @@ class DeepEnsemble:
         m, e, f = (torch.as_tensor(a) for a in self.preprocessor.transform(mags, errs))
         zt = torch.as_tensor(z, dtype=torch.float32)
         self.members, self.history = [], []
-        for k in range(self.config.n_members):
+        self.member_ids = list(range(self.config.n_members) if members is None else members)
+        for k in self.member_ids:
             net, hist = self._train_member(k, m, e, f, zt, device, progress)
             self.members.append(net)
             self.history.append(hist)
             log.info("member %d: best validation NLL %.4f at epoch %d", k, hist["best_val_nll"], hist["best_epoch"])
+        return self
+
+    def member_states(self) -> dict[int, tuple[dict, dict]]:
+        """{member number: (CPU state dict, training history)} of the members trained here."""
+        ids = getattr(self, "member_ids", range(len(self.members)))
+        return {k: ({n: t.detach().cpu() for n, t in net.state_dict().items()}, h)
+                for k, net, h in zip(ids, self.members, self.history)}
+
+    def adopt_members(self, states: dict[int, tuple[dict, dict]]) -> "DeepEnsemble":
+        """Replace the members by those in ``states`` (from :meth:`member_states` of the ranks
+        that trained them); every member 0..n_members-1 must be there."""
+        missing = sorted(set(range(self.config.n_members)) - set(states))
+        if missing:
+            raise ValueError(f"members {missing} were trained by no rank")
+        self.members, self.history = [], []
+        for k in range(self.config.n_members):
+            net = self._new_member()
+            net.load_state_dict(states[k][0])
+            net.eval()
+            self.members.append(net)
+            self.history.append(states[k][1])
+        self.member_ids = list(range(self.config.n_members))
         return self
 
     def _loss(self, out, z):

@@ -40,7 +40,7 @@ class PZInform(CalipersStage):
     """Train a deep ensemble of mixture density networks on a catalog with true redshifts."""
 
     name = "PZInform"
-    parallel = False
+    parallel = True  # under MPI, members are shared out over the ranks (rank r on GPU r mod n_gpus)
     inputs = [("training_catalog", HDF5Catalog)]
     outputs = [("model", ModelDir)]
     config_options = CalipersStage.config_options | CATALOG_OPTIONS | {
@@ -89,15 +89,23 @@ class PZInform(CalipersStage):
         mags, errs = stack(cols, mag_cols), stack(cols, err_cols)
         cfg = EnsembleConfig(**{k: c[k] for k in EnsembleConfig.__dataclass_fields__ if k in c})
         ens = DeepEnsemble(cfg)
-        log.info("training %d-member MDN ensemble on %d galaxies from %s", cfg.n_members, len(z), path)
+        mine = list(range(self.rank, cfg.n_members, self.size))
+        log.info("rank %d: training members %s of a %d-member MDN ensemble on %d galaxies from %s",
+                 self.rank, mine, cfg.n_members, len(z), path)
         t0 = time.time()
-        ens.fit(mags, errs, z, bands=bands, device=self.torch_device())
+        prov = self.provenance()  # collective under MPI
+        ens.fit(mags, errs, z, bands=bands, device=self.torch_device(), members=mine, progress=self.rank == 0)
+        if self.size > 1:
+            states = self.merge_on_root(ens.member_states(), lambda a, b: a | b)
+            if self.rank != 0:
+                return
+            ens.adopt_members(states)
         nd = ens.preprocessor.count_nondetections(mags, errs)
         log.info("non-detections per band in the training catalog: %s", nd)
         out = self.output_path("model")
         os.makedirs(out, exist_ok=True)
         save_model(out, ens)
-        prov = self.provenance() | {"train_seconds": f"{time.time() - t0:.1f}", "n_train": str(len(z)),
+        prov = prov | {"train_seconds": f"{time.time() - t0:.1f}", "n_train": str(len(z)), "mpi_ranks": str(self.size),
                                     "nondetections": json.dumps(nd)}
         with open(os.path.join(out, "provenance.json"), "w") as fh:
             json.dump(prov, fh, indent=2)
