@@ -1,6 +1,7 @@
 """The photo-z pipeline end to end through ``ceci``, and RAIL's evaluator on its output."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -255,4 +256,56 @@ def test_parsl_launcher_gives_the_same_outputs(pipeline_run, catalogs, tmp_path)
     for f in ("pz.hdf5", "calibration_pz.hdf5", "calibrated_pz.hdf5"):
         assert_same_h5(out / f, ref / f)
     metrics = [json.loads((o / "report" / "report.json").read_text())["metrics"] for o in (out, ref)]
+    assert metrics[0] == metrics[1]
+
+
+def test_killed_run_resumes_to_the_same_outputs(pipeline_run, catalogs, tmp_path):
+    """SIGKILL the whole run while a stage is writing: no declared output is left half-written,
+    and ``calipers run --resume`` cleans the partial files up and finishes with the outputs of an
+    uninterrupted run (``pipeline_run``, same settings)."""
+    import signal
+    import time
+
+    import h5py
+
+    from conftest import leftovers
+    from test_mpi import assert_same_h5
+
+    d_ref, proc = pipeline_run
+    assert proc.returncode == 0
+    train, test = catalogs
+    pipe = pipeline_files(tmp_path, train, test, inform=dict(TINY_INFORM, max_epochs=5), estimate={"chunk_size": 64},
+                          gate={"on_fail": "warn"})
+    out = tmp_path / "out"
+    run = ["calipers", "run", "--resume", str(pipe)]
+    child = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+                             cwd=tmp_path, start_new_session=True)
+    caught, deadline = [], time.time() + 300
+    while child.poll() is None and time.time() < deadline:
+        if (out / "model").exists() and (out / "test_catalog.hdf5").exists():  # kill inside an estimation stage's write
+            caught = [p.name for p in out.glob("inprogress_*")]
+            if caught:
+                os.killpg(child.pid, signal.SIGKILL)
+                break
+        time.sleep(0.002)
+    child.wait(timeout=60)
+    assert caught, "the run ended before any stage was caught writing"
+    assert not (out / "report").exists()  # it really stopped midway
+    # what carries a final name is complete: it opens, and its hash is the one recorded at the end of its stage
+    from calipers.core.resume import plan_resume
+
+    done = {p.name for p in plan_resume(str(pipe)) if not p.run}
+    finals = [f for f in out.glob("*.hdf5") if not f.name.startswith("inprogress_")]
+    for f in finals:
+        with h5py.File(f, "r"):
+            pass
+    assert {"PZInform", "CatalogSplit"} <= done, (caught, done)
+    print("killed while writing", caught, "; complete stages:", sorted(done))
+    proc = subprocess.run(run, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "removing partial file" in proc.stdout and caught[0] in proc.stdout
+    assert not leftovers(out)
+    for f in ("calibration_pz.hdf5", "pz.hdf5", "calibrated_pz.hdf5", "test_catalog.hdf5"):
+        assert_same_h5(out / f, d_ref / "out" / f)
+    metrics = [json.loads((o / "report" / "report.json").read_text())["metrics"] for o in (out, d_ref / "out")]
     assert metrics[0] == metrics[1]

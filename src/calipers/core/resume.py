@@ -114,8 +114,25 @@ def plan_resume(pipeline: str) -> list[StagePlan]:
     return plans
 
 
+def partial_files(output: str) -> list[str]:
+    """Leftovers of an interrupted write of ``output``: ceci's ``inprogress_`` name, MPI part
+    files (``.rankN``) and atomic-write temporaries (``.name.*.tmp``)."""
+    import glob
+
+    d, base = os.path.split(output)
+    found = []
+    for name in (base, f"inprogress_{base}"):
+        found += glob.glob(os.path.join(glob.escape(d), glob.escape(name) + ".rank*"))
+        found += glob.glob(os.path.join(glob.escape(d), "." + glob.escape(name) + ".*.tmp"))
+    inprog = os.path.join(d, f"inprogress_{base}")
+    if os.path.lexists(inprog):
+        found.append(inprog)
+    return sorted(found)
+
+
 def prepare_resume(pipeline: str, log=print) -> list[StagePlan]:
-    """Plan, then remove the outputs of every stage that must rerun (so ceci's resume reruns it)."""
+    """Plan, then remove the outputs of every stage that must rerun (so ceci's resume reruns it),
+    with any half-written leftovers of an interrupted run of it."""
     from calipers.core.atomic import remove_path
 
     plans = plan_resume(pipeline)
@@ -123,5 +140,8 @@ def prepare_resume(pipeline: str, log=print) -> list[StagePlan]:
         log(f"{'RUN ' if p.run else 'SKIP'} {p.name}: {p.reason}")
         if p.run:
             for out in p.outputs:
-                remove_path(out)
+                for path in [out, *partial_files(out)]:
+                    if os.path.lexists(path) and path != out:
+                        log(f"     removing partial file {path}")
+                    remove_path(path)
     return plans
