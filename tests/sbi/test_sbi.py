@@ -155,3 +155,26 @@ def test_gate_fails_an_undertrained_estimator(tmp_path):
                   sbi_report=str(tmp_path / "report"))
     assert any(f.startswith("c2st") for f in err.value.failures)
     assert (tmp_path / "report.FAILED" / "tarp.png").exists()
+
+
+def test_contraction_check_catches_an_estimator_that_returns_the_prior(tmp_path):
+    """Without a reference posterior (the cosmology case) SBC and TARP can pass a posterior equal
+    to the prior; the contraction check fails it, and passes a trained estimator."""
+    sims, test = str(tmp_path / "sims.hdf5"), str(tmp_path / "test.hdf5")
+    run_stage("Simulate", write_config(tmp_path, Simulate={"n_simulations": 200}), simulations=sims)
+    run_stage("Simulate", write_config(tmp_path, Simulate={"n_simulations": 120, "seed": 1}), simulations=test)
+    gate = {"c2st_observations": 0, "min_contraction": 0.25}
+    cfg = write_config(tmp_path, SBITrain={"max_num_epochs": 1, "hidden_features": 8, "num_transforms": 1,
+                                           "learning_rate": 1e-6}, SBIGate=gate)
+    run_stage("SBITrain", cfg, simulations=sims, sbi_model=str(tmp_path / "prior_like"))
+    with pytest.raises(GateFailed) as err:
+        run_stage("SBIGate", cfg, sbi_model=str(tmp_path / "prior_like"), test_simulations=test,
+                  sbi_report=str(tmp_path / "report"))
+    assert any(f.startswith("contraction_theta_0") for f in err.value.failures), err.value.failures
+    cfg = write_config(tmp_path, SBIGate=gate)
+    run_stage("Simulate", cfg, simulations=str(tmp_path / "sims2000.hdf5"))
+    run_stage("SBITrain", cfg, simulations=str(tmp_path / "sims2000.hdf5"), sbi_model=str(tmp_path / "trained"))
+    run_stage("SBIGate", cfg, sbi_model=str(tmp_path / "trained"), test_simulations=test,
+              sbi_report=str(tmp_path / "ok"))
+    rep = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert all(0.3 < v < 0.7 for v in rep["metrics"]["posterior_contraction"].values())  # exact: 0.5

@@ -61,6 +61,51 @@ def ell_bins(ell_min: float, ell_max: float, n_ell: int) -> tuple[np.ndarray, np
     return np.sqrt(edges[1:] * edges[:-1]), np.diff(edges)
 
 
+# sacc data types of the C_ell of each pair of tracer kinds (sacc.standard_types names)
+SACC_DATA_TYPES = {("shear", "shear"): "galaxy_shear_cl_ee", ("density", "density"): "galaxy_density_cl",
+                   ("density", "shear"): "galaxy_shearDensity_cl_e"}
+
+
+def sacc_points(pairs, ell) -> list[tuple[str, str, str, float]]:
+    """(sacc data type, tracer 1, tracer 2, ell) of every element of a pair-major, ell-minor C_ell
+    data vector; tracers are named ``bin<i>`` as TheoryCl writes them."""
+    return [(SACC_DATA_TYPES[(a[0], b[0])], f"bin{a[1]}", f"bin{b[1]}", float(e)) for a, b in pairs for e in ell]
+
+
+def select_sacc_points(s, points, source: str = "sacc file") -> np.ndarray:
+    """Values of a ``sacc.Sacc`` at the given points (see :func:`sacc_points`), in that order.
+
+    Raises
+    ------
+    ValueError
+        Naming every missing (data type, tracers) combination, or the ells the file has for a
+        combination whose ell binning differs.
+    """
+    out = np.empty(len(points))
+    problems = []
+    cache = {}
+    for i, (dtype, t1, t2, ell) in enumerate(points):
+        key = (dtype, t1, t2)
+        if key not in cache:
+            ells, vals = s.get_ell_cl(dtype, t1, t2)
+            cache[key] = (np.asarray(ells, dtype=float), np.asarray(vals, dtype=float))
+        ells, vals = cache[key]
+        if len(ells) == 0:
+            msg = f"no {dtype} data for tracers ({t1}, {t2})"
+        else:
+            j = np.flatnonzero(np.isclose(ells, ell, rtol=1e-6))
+            if len(j) == 1:
+                out[i] = vals[j[0]]
+                continue
+            msg = f"{dtype} ({t1}, {t2}) has no point at ell = {ell:.6g} (it has ells {np.round(ells, 3).tolist()})"
+        if msg not in problems:
+            problems.append(msg)
+    if problems:
+        raise ValueError(f"{source}: the data vector does not match the simulator's: " + "; ".join(problems[:6])
+                         + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+    return out
+
+
 def tracer_pairs(n_bins: int, probes=PROBES) -> list[tuple[tuple[str, int], tuple[str, int]]]:
     unknown = set(probes) - set(PROBES)
     if unknown or not probes:

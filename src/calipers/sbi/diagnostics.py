@@ -13,6 +13,12 @@ class SBCResult:
     ks_pvals: list[float] = field(default_factory=list)
     c2st_ranks: list[float] = field(default_factory=list)
     num_posterior_samples: int = 0
+    posterior_var: np.ndarray | None = field(default=None, repr=False)  # (n_tests, n_params) sample variances
+
+    def contraction(self, prior_var) -> np.ndarray:
+        """Posterior contraction per parameter, 1 - E[posterior variance] / prior variance: about 0
+        for an estimator that returns the prior (which SBC and TARP pass), 1 for a point mass."""
+        return 1.0 - np.mean(self.posterior_var, axis=0) / np.asarray(prior_var, dtype=float)
 
 
 def sbc(posterior_for, thetas: np.ndarray, xs: np.ndarray, num_posterior_samples: int, seed: int = 0) -> SBCResult:
@@ -28,15 +34,17 @@ def sbc(posterior_for, thetas: np.ndarray, xs: np.ndarray, num_posterior_samples
     torch.manual_seed(seed)
     try:
         ranks = np.empty(np.shape(thetas), dtype=np.int64)
+        var = np.empty(np.shape(thetas))
         for i, (t, x) in enumerate(zip(thetas, xs)):
             xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
-            s = posterior_for(x).sample((num_posterior_samples,), x=xt, show_progress_bars=False)
-            ranks[i] = (s.numpy() < np.asarray(t)[None, :]).sum(0)
+            s = posterior_for(x).sample((num_posterior_samples,), x=xt, show_progress_bars=False).numpy()
+            ranks[i] = (s < np.asarray(t)[None, :]).sum(0)
+            var[i] = s.var(axis=0, ddof=1)
     finally:
         torch.random.set_rng_state(rng_state)
     ks = [float(stats.kstest((ranks[:, j] + np.random.default_rng(seed + j).random(len(ranks))) /
                              (num_posterior_samples + 1), "uniform").pvalue) for j in range(ranks.shape[1])]
-    return SBCResult(ranks, ks, [], num_posterior_samples)
+    return SBCResult(ranks, ks, [], num_posterior_samples, var)
 
 
 def tarp(posterior_for, thetas: np.ndarray, xs: np.ndarray, num_posterior_samples: int, seed: int = 0,

@@ -137,6 +137,15 @@ class CosmologyCl:
             out[i] = self.theory(t, nz) + self.noise_chol @ rng.standard_normal(len(self.scale))
         return out
 
+    def observation_from_sacc(self, s, source: str = "sacc file") -> np.ndarray:
+        """The data vector (scaled as :meth:`simulate` returns it) of the C_ell in a ``sacc.Sacc``
+        (e.g. a TheoryCl output): the points of this simulator's tracer pairs and ell bins, which
+        the file may hold among others; a clear error names what does not match."""
+        from calipers import cosmology as cos
+
+        points = cos.sacc_points(self.pairs, self.ell)
+        return cos.select_sacc_points(s, points, source) * self.scale
+
     def prior_torch(self):
         import torch
         from sbi.utils import BoxUniform

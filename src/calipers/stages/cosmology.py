@@ -356,16 +356,18 @@ class TheoryCl(CalipersStage):
         for b in range(len(fid)):
             ens = qp.Ensemble(qp.interp, data={"xvals": zgrid, "yvals": real[:, b]})
             s.add_tracer_object(sacc.tracers.QPNZTracer(f"bin{b}", ens, z=zgrid, nz=fid[b]))
-        kinds = {("shear", "shear"): sacc.standard_types.galaxy_shear_cl_ee,
-                 ("density", "density"): sacc.standard_types.galaxy_density_cl,
-                 ("density", "shear"): sacc.standard_types.galaxy_shearDensity_cl_e}
+        from calipers.cosmology.cl import SACC_DATA_TYPES
+
         for (a, b), cl in zip(pairs, data):
-            s.add_ell_cl(kinds[(a[0], b[0])], f"bin{a[1]}", f"bin{b[1]}", ell, cl)
+            s.add_ell_cl(SACC_DATA_TYPES[(a[0], b[0])], f"bin{a[1]}", f"bin{b[1]}", ell, cl)
         s.add_covariance(gauss + nzcov)
         s.metadata["covariance"] = "covariance_gaussian + covariance_nz"
         s.metadata["covariance_gaussian"] = gauss   # Knox, for the configured survey
         s.metadata["covariance_nz"] = nzcov         # sample covariance over the n(z) realizations
         s.metadata["calipers_run_key"] = self.provenance().get("run_key", "")
+        c = self.config  # the cosmology of this (noise-free) data vector
+        s.metadata["Omega_m"] = c["Omega_c"] + c["Omega_b"]
+        s.metadata["sigma8"] = c["sigma8"]
         s.save_fits(self.output_path("cl_sacc"), overwrite=True)
 
     def _write_report(self, ell, pairs, data, gauss, nzcov, reals, n_real):

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from calipers.core.errors import ConfigError
-from calipers.core.file_types import ModelDir, QPEnsembleFile, ReportDir, SamplesFile, SimulationFile
+from calipers.core.file_types import ModelDir, QPEnsembleFile, ReportDir, SaccFile, SamplesFile, SimulationFile
 from calipers.core.provenance import write_provenance_hdf5
 from calipers.core.stage import CalipersStage, Param
 from calipers.stages.validation import GATE_OPTIONS, GateStage
@@ -194,6 +194,8 @@ class SBIGate(GateStage):
                                                "posterior (needs one, e.g. gaussian_linear; 0 = off)"),
         "c2st_samples": Param(int, 1000, msg="Samples per side of each C2ST"),
         "max_c2st": Param(float, 0.6, msg="Largest allowed mean C2ST accuracy (0.5 = indistinguishable)"),
+        "min_contraction": Param(float, 0.0, msg="Smallest allowed posterior contraction 1 - E[var_post]/var_prior "
+                                                 "per parameter (SBC/TARP pass a posterior equal to the prior; 0 = off)"),
     }
 
     def _c2st(self, post_for, sim, xs):
@@ -240,13 +242,21 @@ class SBIGate(GateStage):
                   for n, p in zip(names, s.ks_pvals)]
         checks += [Check("tarp_pvalue", t["ks_pvalue"], ">=", c["min_tarp_pvalue"], why="TARP credibility levels uniform"),
                    Check("tarp_atc", abs(t["atc"]), "<=", c["max_tarp_atc"], why="TARP |area to the diagonal|")]
+        sim = simulator_from_spec(spec)
+        prior_var = sim.sample_prior(100_000, np.random.default_rng([c["seed"], 7])).var(axis=0)
+        contraction = s.contraction(prior_var)
+        if c["min_contraction"] > 0:
+            checks += [Check(f"contraction_{n}", float(k), ">=", c["min_contraction"],
+                             why="informativeness: 0 for an estimator that returns the prior")
+                       for n, k in zip(names, contraction)]
         if c["c2st_observations"] > 0:
-            scores = self._c2st(post_for, simulator_from_spec(spec), x)
+            scores = self._c2st(post_for, sim, x)
             checks.append(Check("c2st", float(np.mean(scores)), "<=", c["max_c2st"],
                                 why=f"mean over {len(scores)} observations against the reference posterior"))
         summary = {"method": cfg.method, "n_tests": len(theta), "num_posterior_samples": c["num_posterior_samples"],
                    "n_train_simulations": meta.get("n_simulations"), "sbc_ks_pvalues": dict(zip(names, s.ks_pvals)),
-                   "tarp_atc": t["atc"], "tarp_ks_pvalue": t["ks_pvalue"], "diagnostics_seconds": round(seconds, 1)}
+                   "tarp_atc": t["atc"], "tarp_ks_pvalue": t["ks_pvalue"], "diagnostics_seconds": round(seconds, 1),
+                   "posterior_contraction": dict(zip(names, contraction.tolist()))}
         if c["c2st_observations"] > 0:
             summary["c2st"] = scores
         self.conclude(f"SBI calibration gate: {cfg.method.upper()} on {spec['simulator']}", summary, checks,
@@ -304,6 +314,14 @@ class SBIPosterior(CalipersStage):
         "n_samples": Param(int, 5000, msg="Posterior samples to draw"),
     }
 
+    def observation(self, meta: dict):
+        """(simulator, observed x, true theta or NaNs, param names) of the observation input."""
+        theta, x, spec = read_simulations(self.input_path("observation"))
+        row = self.config["row"]
+        if not 0 <= row < len(x):
+            raise ConfigError(f"row {row} outside {self.input_path('observation')} ({len(x)} rows)")
+        return simulator_from_spec(spec), x[row], theta[row], spec["param_names"]
+
     def process(self):
         import torch
 
@@ -312,11 +330,11 @@ class SBIPosterior(CalipersStage):
 
         c = self.config
         net, cfg, meta = load_estimator(self.input_path("sbi_model"))
-        theta, x, spec = read_simulations(self.input_path("observation"))
-        if not 0 <= c["row"] < len(x):
-            raise ConfigError(f"row {c['row']} outside {self.input_path('observation')} ({len(x)} rows)")
-        x_o, truth = x[c["row"]], theta[c["row"]]
-        sim = simulator_from_spec(spec)
+        sim, x_o, truth, names = self.observation(meta)
+        dim = int(np.asarray(meta["x_rows"]).shape[-1]) if "x_rows" in meta else len(x_o)
+        if len(x_o) != dim:
+            raise ValueError(f"{self.input_path('observation')}: observed data vector has {len(x_o)} values but "
+                             f"the estimator {self.input_path('sbi_model')} was trained on {dim}")
         prior = sim.prior_torch()
         torch.manual_seed(c["seed"])
         post = build_posterior(net, prior, cfg, x_o)
@@ -327,7 +345,6 @@ class SBIPosterior(CalipersStage):
         else:  # unnormalised: learned potential
             logp = post.potential_fn(samples).numpy() if hasattr(post, "potential_fn") else np.full(len(samples), np.nan)
         samples = samples.numpy()
-        names = spec["param_names"]
         with h5py.File(self.output_path("posterior_samples"), "w") as f:
             f.create_dataset("samples", data=samples)
             f.create_dataset("param_names", data=np.array(names, dtype="S"))
@@ -336,7 +353,7 @@ class SBIPosterior(CalipersStage):
             f.create_dataset("theta_true", data=truth)
             write_provenance_hdf5(f, self.provenance())
         mean, sd = samples.mean(0), samples.std(0)
-        inside95 = np.abs(truth - mean) <= 2 * sd
+        inside95 = np.where(np.isfinite(truth), np.abs(truth - mean) <= 2 * sd, False)
         summary = {"param_names": names, "mean": mean.tolist(), "std": sd.tolist(), "theta_true": truth.tolist(),
                    "truth_within_2sd": inside95.tolist(), "method": cfg.method}
         write_report(self.output_path("posterior_report"), f"{cfg.method.upper()} posterior", summary, [],
@@ -368,3 +385,35 @@ class SBIPosterior(CalipersStage):
                 ax.tick_params(labelsize=6)
         fig.tight_layout()
         return fig
+
+
+class SBIPosteriorSacc(SBIPosterior):
+    """SBIPosterior for an observed C_ell data vector in a sacc file (e.g. ``TheoryCl``'s
+    ``cl_sacc`` of ``pipelines/photoz_to_cl.yml``).
+
+    The simulator is rebuilt from the estimator's model file; its tracer pairs and ell bins pick
+    the matching points out of the sacc file (which may hold more, e.g. 3x2pt when the simulator
+    uses shear only) - a file whose binning does not match is a clear error. True parameters are
+    taken from the sacc metadata when it names them (TheoryCl records its cosmology), else NaN.
+    """
+
+    name = "SBIPosteriorSacc"
+    inputs = [("sbi_model", ModelDir), ("observation", SaccFile)]
+    config_options = {k: v for k, v in SBIPosterior.config_options.items() if k != "row"}
+
+    def observation(self, meta: dict):
+        import sacc
+
+        path = self.input_path("observation")
+        spec = meta.get("simulator")
+        if not spec:
+            raise ValueError(f"{self.input_path('sbi_model')}: the model records no simulator to read {path} with")
+        sim = simulator_from_spec(spec)
+        if not hasattr(sim, "observation_from_sacc"):
+            raise ValueError(f"simulator {spec['simulator']!r} does not describe a C_ell data vector; {path} "
+                             "cannot be read as its observation")
+        s = sacc.Sacc.load_fits(path)
+        x_o = sim.observation_from_sacc(s, source=path)
+        names = list(sim.param_names)
+        truth = np.array([float(s.metadata.get(n, np.nan)) for n in names])
+        return sim, x_o, truth, names
