@@ -47,8 +47,8 @@ def _vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Run a command; return (wall seconds, peak RSS in MB of that process).
+def run_polled(cmd: list[str], cwd: str | None = None) -> tuple[float, float, int, str]:
+    """Run a command; return (wall seconds, peak RSS in MB of that process, exit code, output).
 
     The peak is the child's own VmHWM, polled until it exits (``ru_maxrss`` of a child is
     polluted by the parent's high-water mark at fork time on Linux).
@@ -56,7 +56,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     import threading
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     chunks: list[str] = []
     reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()))
     reader.start()
@@ -65,10 +65,15 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
         peak = max(peak, _vm_hwm_mb(proc.pid))
         time.sleep(0.05)
     reader.join()
-    dt = time.perf_counter() - t0
-    if proc.returncode:
-        sys.stderr.write("".join(chunks))
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return time.perf_counter() - t0, peak, proc.returncode, "".join(chunks)
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Run a command that must succeed; return (wall seconds, peak RSS in MB)."""
+    dt, peak, rc, text = run_polled(cmd)
+    if rc:
+        sys.stderr.write(text)
+        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}")
     return dt, peak
 
 

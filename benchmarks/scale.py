@@ -124,24 +124,12 @@ def peer_main(name: str, catalog: str, rows: int) -> None:
 
 
 def run_peer(name: str, catalog: str, rows: int) -> dict:
-    import threading
+    from photoz_dc2 import run_polled
 
-    from photoz_dc2 import _vm_hwm_mb
-
-    proc = subprocess.Popen([sys.executable, __file__, "--peer", name, "--peer-catalog", catalog,
-                             "--peer-rows", str(rows)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=os.path.dirname(catalog))
-    chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()))
-    reader.start()
-    peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, _vm_hwm_mb(proc.pid))
-        time.sleep(0.05)
-    reader.join()
-    text = "".join(chunks)
+    _, peak, rc, text = run_polled([sys.executable, __file__, "--peer", name, "--peer-catalog", catalog,
+                                    "--peer-rows", str(rows)], cwd=os.path.dirname(catalog))
     line = [x for x in text.splitlines() if x.startswith("PEER ")]
-    if proc.returncode or not line:
+    if rc or not line:
         sys.stderr.write(text[-3000:])
         raise SystemExit(f"peer {name} failed")
     dt = json.loads(line[-1][5:])["estimate_s"]
