@@ -9,8 +9,8 @@ import yaml
 from conftest import leftovers, run_stage
 
 from calipers.core.errors import GateFailed
-from calipers.sbi import (GaussianLinear, SBIConfig, build_posterior, load_estimator, sbc, save_estimator, simulate,
-                          train_estimator)
+from calipers.core.models import load_estimator, save_estimator
+from calipers.sbi import GaussianLinear, SBIConfig, build_posterior, sbc, simulate, train_estimator
 
 FAST = {"hidden_features": 32, "num_transforms": 2, "max_num_epochs": 60, "stop_after_epochs": 10,
         "training_batch_size": 100}

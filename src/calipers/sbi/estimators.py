@@ -1,15 +1,14 @@
 """Neural posterior / likelihood / ratio estimation through ``sbi``: training, posteriors, and
-model files that load without executing code (a JSON description + torch state dicts).
+the state a model file is made of (arrays only; the files are written and read by
+:mod:`calipers.core.models`, which loads them without executing code).
 
 The nets sbi returns are ``torch.nn.Module``s whose z-scoring statistics are buffers of the state
-dict, so a model file holds the builder's configuration, a few (theta, x) rows to rebuild the
-architecture with, and the state dict; :func:`load_estimator` rebuilds the net with the builder
-and loads the weights with ``weights_only=True``.
+dict, so an estimator's state is the builder's configuration, a few (theta, x) rows to rebuild
+the architecture with, and the state dict; :func:`estimator_from_state` rebuilds the net with
+the builder and loads the weights.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -122,30 +121,25 @@ def build_posterior(net, prior, config: SBIConfig, x_o=None):
                          num_chains=config.mcmc_chains, thin=1, warmup_steps=config.mcmc_warmup)
 
 
-def save_estimator(directory: str, net, config: SBIConfig, theta_rows: np.ndarray, x_rows: np.ndarray,
-                   extra: dict | None = None) -> None:
-    """``metadata.json`` (config, rows to rebuild the architecture, ``extra``) + ``weights.pt``."""
-    os.makedirs(directory, exist_ok=True)
-    meta = {"format": "calipers-sbi-1", "config": asdict(config),
+SBI_MODEL_FORMAT = "calipers-sbi-1"
+
+
+def estimator_state(net, config: SBIConfig, theta_rows: np.ndarray, x_rows: np.ndarray,
+                    extra: dict | None = None) -> tuple[dict, dict]:
+    """(JSON-able metadata: config, rows to rebuild the architecture, ``extra``; state dict)."""
+    meta = {"format": SBI_MODEL_FORMAT, "config": asdict(config),
             "theta_rows": np.asarray(theta_rows[:10]).tolist(), "x_rows": np.asarray(x_rows[:10]).tolist()}
-    with open(os.path.join(directory, "metadata.json"), "w") as fh:
-        json.dump(meta | (extra or {}), fh, indent=1)
-    torch.save(net.state_dict(), os.path.join(directory, "weights.pt"))
+    return meta | (extra or {}), net.state_dict()
 
 
-def load_estimator(directory: str):
-    """(net, config, metadata) from :func:`save_estimator` output, without executing code."""
-    path = os.path.join(directory, "metadata.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{directory}: not a calipers SBI model (no metadata.json)")
-    with open(path) as fh:
-        meta = json.load(fh)
-    if meta.get("format") != "calipers-sbi-1":
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected 'calipers-sbi-1'")
+def estimator_from_state(meta: dict, state: dict):
+    """(net, config, metadata) rebuilt from :func:`estimator_state` output."""
+    if meta.get("format") != SBI_MODEL_FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}, expected {SBI_MODEL_FORMAT!r}")
     config = SBIConfig(**meta["config"])
     torch.manual_seed(config.seed)
     net = _builder(config)(_tensor(meta["theta_rows"]), _tensor(meta["x_rows"]))
-    net.load_state_dict(torch.load(os.path.join(directory, "weights.pt"), map_location="cpu", weights_only=True))
+    net.load_state_dict(state)
     return net.eval(), config, meta
 
 

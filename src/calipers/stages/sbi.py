@@ -138,7 +138,8 @@ class SBITrain(CalipersStage):
     }
 
     def process(self):
-        from calipers.sbi import SBIConfig, save_estimator, train_estimator
+        from calipers.core.models import save_estimator
+        from calipers.sbi import SBIConfig, train_estimator
 
         c = self.config
         theta, x, spec = read_simulations(self.input_path("simulations"))
@@ -217,7 +218,8 @@ class SBIGate(GateStage):
         return scores
 
     def process(self):
-        from calipers.sbi import load_estimator, sbc, tarp
+        from calipers.core.models import load_estimator
+        from calipers.sbi import sbc, tarp
         from calipers.validate.gate import Check
 
         c = self.config
@@ -326,7 +328,8 @@ class SBIPosterior(CalipersStage):
         import torch
 
         from calipers.core.report import write_report
-        from calipers.sbi import build_posterior, load_estimator
+        from calipers.core.models import load_estimator
+        from calipers.sbi import build_posterior
 
         c = self.config
         net, cfg, meta = load_estimator(self.input_path("sbi_model"))
