@@ -47,7 +47,7 @@ def _vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def run_polled(cmd: list[str], cwd: str | None = None) -> tuple[float, float, int, str]:
+def run_polled(cmd: list[str], cwd: str | None = None, env: dict | None = None) -> tuple[float, float, int, str]:
     """Run a command; return (wall seconds, peak RSS in MB of that process, exit code, output).
 
     The peak is the child's own VmHWM, polled until it exits (``ru_maxrss`` of a child is
@@ -56,7 +56,7 @@ def run_polled(cmd: list[str], cwd: str | None = None) -> tuple[float, float, in
     import threading
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
     chunks: list[str] = []
     reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()))
     reader.start()
@@ -68,9 +68,10 @@ def run_polled(cmd: list[str], cwd: str | None = None) -> tuple[float, float, in
     return time.perf_counter() - t0, peak, proc.returncode, "".join(chunks)
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Run a command that must succeed; return (wall seconds, peak RSS in MB)."""
-    dt, peak, rc, text = run_polled(cmd)
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run a command that must succeed (``env``: its whole environment; default this one's);
+    return (wall seconds, peak RSS in MB)."""
+    dt, peak, rc, text = run_polled(cmd, env=env)
     if rc:
         sys.stderr.write(text)
         raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}")

@@ -75,14 +75,7 @@ def estimate(model: str, catalog: str, config: str, out: str, env_extra: dict | 
     cmd = PY + ["PZEstimate", f"--model={model}", f"--catalog={catalog}", f"--config={config}", f"--pz={out}"]
     if mpi:
         cmd = ["mpirun", "-n", str(mpi), *cmd, "--mpi"]
-    env = dict(os.environ, **(env_extra or {}))
-    old = os.environ.copy()
-    os.environ.update(env)
-    try:
-        return run_measured(cmd)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    return run_measured(cmd, env=dict(os.environ, **(env_extra or {})))
 
 
 def slice_catalog(src: str, dst: str, rows: int) -> str:
