@@ -245,3 +245,50 @@ def test_weight_average_is_what_is_kept():
     avg = DeepEnsemble(EnsembleConfig(**base, ema=0.99)).fit(mags, errs, z, ["g", "r", "i"], progress=False)
     d_raw = sum((a - b).abs().sum().item() for a, b in zip(raw.members[0].parameters(), avg.members[0].parameters()))
     assert d_raw > 0  # the average differs from the last iterate
+
+
+def _random_mixtures(seed: int, n: int = 6, k: int = 4):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(k), n)
+    mu = rng.uniform(0.2, 2.5, (n, k))
+    s = rng.uniform(0.02, 0.4, (n, k))
+    z = rng.uniform(0.0, 3.0, n)
+    out = tuple(torch.as_tensor(a, dtype=torch.float64) for a in (np.log(w), mu, np.log(s)))
+    return w, mu, s, z, out
+
+
+def test_closed_form_crps_and_cde_loss_match_numerical_integrals():
+    from calipers.photoz.mdn import mixture_cde_loss, mixture_crps
+
+    w, mu, s, z, out = _random_mixtures(7)
+    grid = np.linspace(-3.0, 6.0, 90_001)
+    pdf = mixture_pdf(w, mu, s, grid)
+    cdf = mixture_cdf(w, mu, s, grid)
+    crps_num = np.empty(len(z))
+    for i, zi in enumerate(z):  # split the integral at the truth, where the step function jumps
+        below, above = np.linspace(-3.0, zi, 60_001), np.linspace(zi, 6.0, 60_001)
+        f_lo, f_hi = (mixture_cdf(w[i:i + 1], mu[i:i + 1], s[i:i + 1], g)[0] for g in (below, above))
+        crps_num[i] = np.trapezoid(f_lo**2, below) + np.trapezoid((1 - f_hi) ** 2, above)
+    p_true = np.sum(w * norm.pdf(z[:, None], mu, s), axis=1)
+    cde_num = np.trapezoid(pdf**2, grid, axis=1) - 2 * p_true
+    zt = torch.as_tensor(z)
+    for i in range(len(z)):  # one object at a time: the functions average over the batch
+        one = tuple(a[i:i + 1] for a in out)
+        assert mixture_crps(one, zt[i:i + 1]).item() == pytest.approx(crps_num[i], rel=1e-6, abs=1e-9)
+        assert mixture_cde_loss(one, zt[i:i + 1]).item() == pytest.approx(cde_num[i], rel=1e-6, abs=1e-9)
+    # the CRPS of a point mass at the truth is 0 and grows with the distance
+    sharp = (torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64),
+             torch.log(torch.tensor([[1e-6]], dtype=torch.float64)))
+    assert mixture_crps(sharp, torch.tensor([1.0], dtype=torch.float64)).item() < 1e-6
+    assert mixture_crps(sharp, torch.tensor([1.5], dtype=torch.float64)).item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_crps_weighted_objective_trains_and_is_recorded():
+    mags, errs, z = toy_photometry(300, seed=4)
+    cfg = EnsembleConfig(n_members=1, n_components=3, hidden=16, n_layers=1, max_epochs=30, patience=50,
+                         learning_rate=1e-2, batch_size=64, ema=0.0, seed=0, crps_weight=5.0, cde_weight=0.1)
+    ens = DeepEnsemble(cfg).fit(mags, errs, z, ["g", "r", "i"], progress=False)
+    assert np.isfinite(ens.history[0]["best_val_nll"])
+    assert ens.state()[0]["config"]["crps_weight"] == 5.0
+    with pytest.raises(ValueError, match="crps_weight"):
+        DeepEnsemble(EnsembleConfig(crps_weight=-1.0))

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from calipers.core.errors import ModelMismatchError
-from calipers.photoz.mdn import MixtureDensityNetwork, mixture_cde_loss, mixture_nll
+from calipers.photoz.mdn import MixtureDensityNetwork, mixture_cde_loss, mixture_crps, mixture_nll
 from calipers.photoz.preprocess import PhotometryPreprocessor
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class EnsembleConfig:
     activation: str = "silu"
     colours: str = "all"
     cde_weight: float = 0.0
+    crps_weight: float = 0.0
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256
@@ -55,8 +56,8 @@ class EnsembleConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 0 or self.lr_patience < 0:
             raise ValueError(f"need max_epochs >= 1, batch_size >= 1, patience >= 0, lr_patience >= 0: {self}")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.cde_weight < 0:
-            raise ValueError(f"need learning_rate > 0, weight_decay >= 0, cde_weight >= 0: {self}")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.cde_weight < 0 or self.crps_weight < 0:
+            raise ValueError(f"need learning_rate > 0 and weight_decay, cde_weight, crps_weight >= 0: {self}")
         if self.colours not in ("adjacent", "all"):
             raise ValueError(f"colours must be 'adjacent' or 'all', got {self.colours!r}")
 
@@ -150,10 +151,13 @@ class DeepEnsemble:
         return self
 
     def _loss(self, out, z):
-        """Training and early-stopping objective: NLL (+ cde_weight * CDE loss)."""
+        """Training and early-stopping objective: NLL + cde_weight * CDE loss + crps_weight * CRPS
+        (all three proper scores, so any mix is still minimised by the true p(z))."""
         loss = mixture_nll(out, z)
         if self.config.cde_weight > 0:
             loss = loss + self.config.cde_weight * mixture_cde_loss(out, z)
+        if self.config.crps_weight > 0:
+            loss = loss + self.config.crps_weight * mixture_crps(out, z)
         return loss
 
     def _train_member(self, k, m, e, f, z, device, progress):

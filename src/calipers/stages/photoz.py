@@ -60,6 +60,7 @@ class PZInform(CalipersStage):
         "patience": Param(int, 40, msg="Early stopping: epochs without validation improvement"),
         "lr_patience": Param(int, 10, msg="Halve the learning rate after this many epochs without improvement"),
         "cde_weight": Param(float, 0.0, msg="Add this multiple of the CDE loss to the NLL training objective"),
+        "crps_weight": Param(float, 0.0, msg="Add this multiple of the CRPS to the NLL training objective"),
         "val_fraction": Param(float, 0.1, msg="Fraction of rows held out for early stopping (per member)"),
         "augment": Param(bool, False, msg="Redraw magnitudes within their errors at each epoch"),
         "ema": Param(float, 0.999, msg="Decay of the weight moving average that is validated and kept (0 = off)"),
