@@ -1,10 +1,12 @@
 """Compiled (numba) per-object kernels for Gaussian-mixture point estimates.
 
-Each object is handled independently (``prange`` over rows, so results do not depend on the
-chunking or the number of threads), in float64, on its heaviest components that together leave
-out at most ``w_min`` of the weight (which moves a CDF by no more than that). The normal CDF
-uses the Abramowitz & Stegun 7.1.26 form of erfc (absolute error < 1.5e-7) so that the CDF and
-the density of a component share one exponential and the loops vectorise.
+Each object is handled independently (``prange`` over blocks of rows, each object on its own,
+so results do not depend on the chunking or the number of threads), in float64, on its
+components heavier than ``w_min / K`` (so the weight left out is at most ``w_min``, which moves
+a CDF by no more than that). Components more than 9 sigma from the point being evaluated add
+less than 1e-17 of their weight and are skipped without an exponential. The normal CDF uses the
+Abramowitz & Stegun 7.1.26 form of erfc (absolute error < 1.5e-7) so that the CDF and the
+density of a component share one exponential.
 """
 from __future__ import annotations
 
@@ -16,24 +18,31 @@ from numba import njit, prange
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _FAST = {"fastmath": True, "cache": True}
+_FAR = 9.0
+_FAR2 = _FAR * _FAR
+_BLOCK = 256  # rows per parallel task (scratch arrays are allocated once per block)
 
 
 @njit(cache=True, inline="always")
 def _keep(w, mu, s, w_min, kw, km, ks):
-    """Copy the heaviest components into kw, km, ks until the weight left out is <= w_min."""
-    order = np.argsort(-w)
-    left = 0.0
-    for j in range(w.shape[0]):
-        left += w[j]
+    """Copy the components heavier than w_min / K into kw, km, ks (at least the heaviest one)."""
+    kk = w.shape[0]
+    cut = w_min / kk
     k = 0
-    for j in order:
-        if left <= w_min and k > 0:
-            break
-        kw[k] = w[j]
-        km[k] = mu[j]
-        ks[k] = s[j]
-        left -= w[j]
-        k += 1
+    best = 0
+    for j in range(kk):
+        if w[j] > w[best]:
+            best = j
+        if w[j] > cut:
+            kw[k] = w[j]
+            km[k] = mu[j]
+            ks[k] = s[j]
+            k += 1
+    if k == 0:
+        kw[0] = w[best]
+        km[0] = mu[best]
+        ks[0] = s[best]
+        k = 1
     return k
 
 
@@ -44,6 +53,11 @@ def _cdf_pdf(z, kw, km, iks, k):
     d = 0.0
     for j in range(k):
         u = (z - km[j]) * iks[j]
+        if u > _FAR:  # the whole component lies below z
+            f += kw[j]
+            continue
+        if u < -_FAR:
+            continue
         e = math.exp(-0.5 * u * u)
         x = abs(u) * _INV_SQRT2
         t = 1.0 / (1.0 + 0.3275911 * x)
@@ -65,44 +79,46 @@ def quantiles_kernel(w, mu, s, probs, w_min, tol):
         for _ in range(60):
             x -= (0.5 * math.erfc(-x * _INV_SQRT2) - probs[q]) / (_INV_SQRT_2PI * math.exp(-0.5 * x * x))
         probits[q] = x
-    for i in prange(n):
+    nb = (n + _BLOCK - 1) // _BLOCK
+    for b in prange(nb):
         kw = np.empty(kk)
         km = np.empty(kk)
         ks = np.empty(kk)
-        k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
-        iks = np.empty(k)
-        total = 0.0
-        mean = 0.0
-        second = 0.0
-        lo0 = np.inf
-        hi0 = -np.inf
-        for j in range(k):
-            iks[j] = 1.0 / ks[j]
-            total += kw[j]
-            mean += kw[j] * km[j]
-            second += kw[j] * (km[j] * km[j] + ks[j] * ks[j])
-            lo0 = min(lo0, km[j] - 10.0 * ks[j])
-            hi0 = max(hi0, km[j] + 10.0 * ks[j])
-        mean /= total
-        sd = math.sqrt(max(second / total - mean * mean, 0.0))
-        for q in range(nq):
-            target = probs[q] * total
-            lo, hi = lo0, hi0
-            z = min(max(mean + sd * probits[q], lo), hi)  # the Gaussian guess
-            for _ in range(100):
-                f, d = _cdf_pdf(z, kw, km, iks, k)
-                g = f - target
-                if abs(g) <= tol * total:
-                    break
-                if g < 0:
-                    lo = z
-                else:
-                    hi = z
-                if hi - lo <= 1e-12 * max(1.0, abs(z)):
-                    break
-                step = z - g / d if d > 0 else 0.5 * (lo + hi)
-                z = step if lo < step < hi else 0.5 * (lo + hi)
-            out[i, q] = z
+        iks = np.empty(kk)
+        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
+            k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
+            total = 0.0
+            mean = 0.0
+            second = 0.0
+            lo0 = np.inf
+            hi0 = -np.inf
+            for j in range(k):
+                iks[j] = 1.0 / ks[j]
+                total += kw[j]
+                mean += kw[j] * km[j]
+                second += kw[j] * (km[j] * km[j] + ks[j] * ks[j])
+                lo0 = min(lo0, km[j] - 10.0 * ks[j])
+                hi0 = max(hi0, km[j] + 10.0 * ks[j])
+            mean /= total
+            sd = math.sqrt(max(second / total - mean * mean, 0.0))
+            for q in range(nq):
+                target = probs[q] * total
+                lo, hi = lo0, hi0
+                z = min(max(mean + sd * probits[q], lo), hi)  # the Gaussian guess
+                for _ in range(100):
+                    f, d = _cdf_pdf(z, kw, km, iks, k)
+                    g = f - target
+                    if abs(g) <= tol * total:
+                        break
+                    if g < 0:
+                        lo = z
+                    else:
+                        hi = z
+                    if hi - lo <= 1e-12 * max(1.0, abs(z)):
+                        break
+                    step = z - g / d if d > 0 else 0.5 * (lo + hi)
+                    z = step if lo < step < hi else 0.5 * (lo + hi)
+                out[i, q] = z
     return out
 
 
@@ -112,8 +128,28 @@ def _density(z, c, km, iv, k):
     acc = 0.0
     for j in range(k):
         dz = z - km[j]
-        acc += c[j] * math.exp(-0.5 * dz * dz * iv[j])
+        x = dz * dz * iv[j]
+        if x < _FAR2:
+            acc += c[j] * math.exp(-0.5 * x)
     return acc
+
+
+@njit(cache=True, inline="always")
+def _top(values, k, m, idx):
+    """Indices of the m largest of values[:k] into idx[:m], largest first; returns m."""
+    m = min(m, k)
+    for a in range(m):
+        idx[a] = -1
+    for j in range(k):
+        v = values[j]
+        if idx[m - 1] >= 0 and v <= values[idx[m - 1]]:
+            continue
+        p = m - 1
+        while p > 0 and (idx[p - 1] < 0 or v > values[idx[p - 1]]):
+            idx[p] = idx[p - 1]
+            p -= 1
+        idx[p] = j
+    return m
 
 
 @njit(parallel=True, **_FAST)
@@ -121,55 +157,61 @@ def mode_kernel(w, mu, s, w_min, n_peaks, n_starts, max_iter):
     """Global mode: Newton on log p from the best of the sharpest peaks, see mixture_mode."""
     n, kk = w.shape
     out = np.empty(n)
-    for i in prange(n):
+    nb = (n + _BLOCK - 1) // _BLOCK
+    for b in prange(nb):
         kw = np.empty(kk)
         km = np.empty(kk)
         ks = np.empty(kk)
-        k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
-        c = np.empty(k)
-        iv = np.empty(k)
-        for j in range(k):
-            c[j] = kw[j] / ks[j]
-            iv[j] = 1.0 / (ks[j] * ks[j])
-        # candidate starts: the means of the n_peaks components with the highest peaks w / s
-        order = np.argsort(-c)
-        nc = min(n_peaks, k)
-        dens = np.empty(nc)
-        for j in range(nc):
-            dens[j] = _density(km[order[j]], c, km, iv, k)
-        starts = np.argsort(-dens)[: min(n_starts, nc)]
-        best_z = km[order[starts[0]]]
-        best_p = -1.0
-        for st in starts:
-            z = km[order[st]]
-            for _ in range(max_iter):
-                p = 0.0
-                g = 0.0
-                h = 0.0
-                prec = 0.0
-                for j in range(k):
-                    dz = z - km[j]
-                    r = c[j] * math.exp(-0.5 * dz * dz * iv[j])
-                    u = dz * iv[j]
-                    p += r
-                    g -= r * u
-                    h += r * (u * u - iv[j])
-                    prec += r * iv[j]
-                if p <= 0:
-                    break
-                g /= p                      # d log p / dz
-                h = h / p - g * g           # d2 log p / dz2
-                prec /= p                   # local 1 / sigma^2
-                lim = 1.0 / math.sqrt(prec)
-                if h < 0:
-                    step = min(max(-g / h, -lim), lim)  # Newton, within one local sigma
-                else:
-                    step = g / prec                      # mean-shift where log p is not concave
-                z += step
-                if abs(step) <= 1e-10 * max(1.0, abs(z)):
-                    break
-            p = _density(z, c, km, iv, k)
-            if p > best_p:
-                best_p, best_z = p, z
-        out[i] = best_z
+        c = np.empty(kk)
+        iv = np.empty(kk)
+        peaks = np.empty(max(n_peaks, 1), dtype=np.int64)
+        dens = np.empty(max(n_peaks, 1))
+        starts = np.empty(max(n_starts, 1), dtype=np.int64)
+        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
+            k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
+            for j in range(k):
+                c[j] = kw[j] / ks[j]
+                iv[j] = 1.0 / (ks[j] * ks[j])
+            # candidate starts: the means of the n_peaks components with the highest peaks w / s
+            nc = _top(c, k, n_peaks, peaks)
+            for j in range(nc):
+                dens[j] = _density(km[peaks[j]], c, km, iv, k)
+            ns = _top(dens, nc, n_starts, starts)
+            best_z = km[peaks[starts[0]]]
+            best_p = -1.0
+            for a in range(ns):
+                z = km[peaks[starts[a]]]
+                for _ in range(max_iter):
+                    p = 0.0
+                    g = 0.0
+                    h = 0.0
+                    prec = 0.0
+                    for j in range(k):
+                        dz = z - km[j]
+                        x = dz * dz * iv[j]
+                        if x >= _FAR2:
+                            continue
+                        r = c[j] * math.exp(-0.5 * x)
+                        u = dz * iv[j]
+                        p += r
+                        g -= r * u
+                        h += r * (u * u - iv[j])
+                        prec += r * iv[j]
+                    if p <= 0:
+                        break
+                    g /= p                      # d log p / dz
+                    h = h / p - g * g           # d2 log p / dz2
+                    prec /= p                   # local 1 / sigma^2
+                    lim = 1.0 / math.sqrt(prec)
+                    if h < 0:
+                        step = min(max(-g / h, -lim), lim)  # Newton, within one local sigma
+                    else:
+                        step = g / prec                      # mean-shift where log p is not concave
+                    z += step
+                    if abs(step) <= 1e-10 * max(1.0, abs(z)):
+                        break
+                p = _density(z, c, km, iv, k)
+                if p > best_p:
+                    best_p, best_z = p, z
+            out[i] = best_z
     return out

@@ -39,7 +39,7 @@ def mixture_cdf(weights, means, stds, z) -> np.ndarray:
     return _grid_eval(weights, means, stds, z, lambda x, m, s: 0.5 * (1 + torch.erf((x - m) / (s * _SQRT2))))
 
 
-_W_MIN = 1e-5  # the lightest components, together at most this weight, are skipped
+_W_MIN = 1e-5  # components lighter than _W_MIN / K (together at most _W_MIN of the weight) are skipped
 
 
 def _f64(*arrays):
@@ -51,8 +51,8 @@ def mixture_quantiles(weights, means, stds, probs, tolerance: float = 1e-9) -> n
 
     Per object (compiled, in parallel over objects): safeguarded Newton iterations on
     ``F(z) - p`` inside a shrinking bracket (bisection whenever a Newton step leaves it), until
-    ``|F(z) - p| <= tolerance``. The lightest components, together at most 1e-5 of the weight,
-    are skipped.
+    ``|F(z) - p| <= tolerance``. Components lighter than 1e-5 / K (K components; together at
+    most 1e-5 of the weight) are skipped.
     """
     from calipers.photoz._kernels import quantiles_kernel
 
