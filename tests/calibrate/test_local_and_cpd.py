@@ -139,3 +139,23 @@ def test_cpd_round_trip_and_density():
     np.testing.assert_allclose(np.trapezoid(new, ZGRID, axis=1), 1.0, atol=1e-9)
     with pytest.raises(ValueError, match="row 2"):
         ConformalPredictiveDistribution().fit(np.array([0.1, 0.2, np.nan]))
+
+
+def test_local_mixture_components_separate_on_a_bimodal_pit():
+    """The probit-PIT mixture must use its components: a bimodal probit PIT (a model whose truth
+    sits in one of two side lobes) is fitted far better than by any single Gaussian."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(11)
+    n = 4000
+    v = np.where(rng.random(n) < 0.5, rng.normal(-1.5, 0.3, n), rng.normal(1.5, 0.3, n))
+    pit = stats.norm.cdf(v)
+    x = rng.normal(size=(n, 1))  # uninformative feature
+    cfg = LocalPITConfig(n_components=3, hidden=16, n_members=1, max_epochs=200, patience=20, seed=0)
+    cal = LocalPITRecalibrator(cfg).fit(x, pit)
+    w, m, sd = cal.mixture(x[:200])
+    heavy = w[0] > 0.1
+    assert heavy.sum() >= 2, (w[0], m[0])
+    assert m[0][heavy].max() - m[0][heavy].min() > 2.0, m[0]
+    # the fitted L(u) sends the PIT to (nearly) uniform: its CDF at the lobe centres is ~0.25/0.75
+    g = cal.transform_cdf(np.tile(stats.norm.cdf([[-1.5, 0.0, 1.5]]), (1, 1)), x[:1])[0]
+    np.testing.assert_allclose(g, [0.25, 0.5, 0.75], atol=0.05)

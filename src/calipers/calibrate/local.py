@@ -66,9 +66,14 @@ def _mlp(d_in: int, c: LocalPITConfig) -> nn.Sequential:
     for _ in range(c.n_layers):
         layers += [nn.Linear(d, c.hidden), nn.SiLU()]
         d = c.hidden
-    last = nn.Linear(d, 3 * c.n_components)
-    nn.init.zeros_(last.weight)  # start at the identity map: every component N(0, 1)
+    k = c.n_components
+    last = nn.Linear(d, 3 * k)
+    # start near the identity map: equal weights, unit widths, means spread over +-0.1 so that
+    # the components differ (identical ones would get identical gradients and stay one Gaussian)
+    nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
+    with torch.no_grad():
+        last.bias[k:2 * k] = torch.linspace(-0.1, 0.1, k) if k > 1 else 0.0
     return nn.Sequential(*layers, last)
 
 
