@@ -25,7 +25,7 @@ standardised features (a mixture density network), so
 monotone, with L(0)=0 and L(1)=1, and exact for p(z) whose only error is a feature-dependent
 shift or width (PIT of a Gaussian with the wrong mean/width is a location-scale family in
 probit space). It is fitted by maximum likelihood of the observed v, with a validation split
-and early stopping, starting from the identity; ``n_members`` networks with different seeds are
+and early stopping, starting near the identity; ``n_members`` networks with different seeds are
 averaged (a mixture of valid CDFs is a valid CDF).
 A small ``smoothing`` mixes every G with the identity so that no region of a p(z) is ever zeroed.
 """
