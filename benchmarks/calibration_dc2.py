@@ -52,6 +52,17 @@ def photometry_features(mags, errs, fit_rows):
     return np.hstack([clean, clean[:, :-1] - clean[:, 1:]])
 
 
+def read_dc2(name: str):
+    """(redshift, magnitudes, errors) of a DC2 test catalog, bands in BANDS order."""
+    from calipers.core.catalog import read_columns
+    from calipers.core.paths import resolve_path
+
+    cols = read_columns(resolve_path(name), "photometry", [f"mag_{b}_lsst" for b in BANDS]
+                        + [f"mag_err_{b}_lsst" for b in BANDS] + ["redshift"])
+    stack = lambda fmt: np.stack([cols[fmt.format(b)] for b in BANDS], 1).astype(np.float32)  # noqa: E731
+    return np.asarray(cols["redshift"], dtype=float), stack("mag_{}_lsst"), stack("mag_err_{}_lsst")
+
+
 def out_of_fold_pdfs(inform_cfg: dict, mags, errs, z, n_folds: int, seed: int) -> np.ndarray:
     """p(z) on ZGRID for every row, each from an ensemble (the stage's configuration) trained on
     the other folds of a seeded random split (the DC2 training file is sorted by redshift)."""
@@ -76,8 +87,6 @@ def main() -> None:
 
     from calipers.calibrate import (ConformalPredictiveDistribution, LocalPITConfig, LocalPITRecalibrator,
                                     PITRecalibrator)
-    from calipers.core.catalog import read_columns
-    from calipers.core.paths import resolve_path
     from calipers.validate.classification import interval_outcomes, interval_probabilities, reliability
     from calipers.validate.local_coverage import local_coverage_test
     from calipers.validate.metrics import pit_values
@@ -104,12 +113,7 @@ def main() -> None:
     pz = os.path.join(work, "pz.hdf5")
     subprocess.run(py + ["PZEstimate", f"--model={model}", f"--catalog={TEST}", f"--config={a.config}", f"--pz={pz}"],
                    check=True, capture_output=True)
-    path = resolve_path(TEST)
-    cols = read_columns(path, "photometry", [f"mag_{b}_lsst" for b in BANDS] + [f"mag_err_{b}_lsst" for b in BANDS]
-                        + ["redshift"])
-    z = np.asarray(cols["redshift"], dtype=float)
-    mags = np.stack([cols[f"mag_{b}_lsst"] for b in BANDS], 1).astype(np.float32)
-    errs = np.stack([cols[f"mag_err_{b}_lsst"] for b in BANDS], 1).astype(np.float32)
+    z, mags, errs = read_dc2(TEST)
     pdfs = grid_pdfs_chunked(qp.read(pz))
     pit = pit_values(pdfs, ZGRID, z)
     half = np.random.default_rng(a.seed).random(len(z)) < 0.5
@@ -119,11 +123,7 @@ def main() -> None:
     local_cfg = stage_cfg.get("PZCalibrate", {})
 
     if a.calibrate_on == "training-oof":
-        tcols = read_columns(resolve_path(TRAIN), "photometry", [f"mag_{b}_lsst" for b in BANDS]
-                             + [f"mag_err_{b}_lsst" for b in BANDS] + ["redshift"])
-        z_cal = np.asarray(tcols["redshift"], dtype=float)
-        mags_cal = np.stack([tcols[f"mag_{b}_lsst"] for b in BANDS], 1).astype(np.float32)
-        errs_cal = np.stack([tcols[f"mag_err_{b}_lsst"] for b in BANDS], 1).astype(np.float32)
+        z_cal, mags_cal, errs_cal = read_dc2(TRAIN)
         if a.oof_cache and os.path.exists(a.oof_cache):
             pdfs_cal = np.load(a.oof_cache)["pdfs"]
             print(f"out-of-fold p(z) from {a.oof_cache}", file=sys.stderr, flush=True)
