@@ -51,6 +51,25 @@ def test_members_differ_from_each_other(ensemble, valid10):
     assert not np.allclose(mu[:, :k], mu[:, k:2 * k])
 
 
+@pytest.mark.parametrize("activation", ["silu", "relu", "gelu", "tanh"])
+def test_batched_prediction_equals_each_members_own_forward(train100, valid10, activation):
+    """predict() runs all members as one batched product with the feature scaling folded into
+    the first layer; it must give each member's own mixture, whatever the block size."""
+    ens = fit(train100, seed=3, activation=activation, n_members=3)
+    mags, errs = mags_errs(valid10)
+    m, e, f = (torch.as_tensor(a) for a in ens.preprocessor.transform(mags, errs))
+    k = ens.config.n_components
+    for block in (1, 4, 1024):
+        w, mu, s = ens.predict(mags, errs, block=block)
+        for j, net in enumerate(ens.members):
+            with torch.no_grad():
+                log_w, mean, log_s = net(m, e, f)
+            cols = slice(j * k, (j + 1) * k)
+            np.testing.assert_allclose(w[:, cols], torch.exp(log_w).numpy() / len(ens.members), rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(mu[:, cols], mean.numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(s[:, cols], torch.exp(log_s).numpy(), rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_save_load_round_trip(ensemble, valid10, tmp_path):
     save_model(str(tmp_path / "model"), ensemble)

@@ -285,8 +285,9 @@ def catalog_250(tmp_path_factory, dc2) -> str:
 
 @pytest.mark.parametrize("chunk", [4, 64, 100])
 def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_250, chunk):
-    """Chunking changes nothing beyond float32 rounding: bit-identical for chunks of tens of rows;
-    for chunks of a few rows torch's CPU matmul may round differently (~1e-7 relative)."""
+    """Chunking changes nothing beyond float32 rounding: torch's CPU matrix products may round
+    a row differently (~1e-7 relative) depending on how many rows go in with it. (An MPI run uses
+    the serial run's chunks, so it is bit-identical to it: tests/test_mpi.py.)"""
     outputs = {}
     for size in (chunk, 100_000):
         cfg = write_config(tmp_path / f"config{size}.yml", estimate={"chunk_size": size})
@@ -296,10 +297,10 @@ def test_chunked_output_equals_single_chunk(tmp_path, tiny_model_dir, catalog_25
         a, b = read_group(outputs[chunk], group), read_group(outputs[100_000], group)
         assert a.keys() == b.keys()
         for k in a:
-            if chunk >= 64 or a[k].dtype.kind not in "f":
+            if a[k].dtype.kind not in "f":
                 np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
             else:
-                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=f"{group}/{k}")
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"{group}/{k}")
     assert qp.read(outputs[chunk]).npdf == 250
     assert np.all(np.isfinite(read_group(outputs[chunk], "ancil")["zmode"]))
 

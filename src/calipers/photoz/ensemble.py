@@ -16,12 +16,21 @@ import torch
 from tqdm.auto import tqdm
 
 from calipers.core.errors import ModelMismatchError
-from calipers.photoz.mdn import MixtureDensityNetwork, mixture_cde_loss, mixture_crps, mixture_nll
+from calipers.photoz.mdn import (MixtureDensityNetwork, mixture_cde_loss, mixture_crps, mixture_nll,
+                                 photometry_features)
 from calipers.photoz.preprocess import PhotometryPreprocessor
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "calipers.photoz.DeepEnsemble/1"
+
+# the hidden-layer non-linearities of MixtureDensityNetwork.ACTIVATIONS, in place where torch has it
+_INPLACE_ACTIVATIONS = {
+    "silu": lambda h: torch.nn.functional.silu(h, inplace=True),
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+    "gelu": torch.nn.functional.gelu,
+}
 
 
 @dataclass
@@ -224,28 +233,49 @@ class DeepEnsemble:
                 "retrain the model or configure the matching bands"
             )
 
+    def _stacked_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every member's linear layers stacked for batched matrix products: [(W (M, in, out),
+        b (M, 1, out))]. The first layer absorbs each member's feature standardisation
+        (W / std and b - W mean / std, folded in float64), so raw features go in."""
+        lin = [[mod for mod in net.net if isinstance(mod, torch.nn.Linear)] for net in self.members]
+        w1 = [ls[0].weight.double() / net.feature_std.double()[None, :] for ls, net in zip(lin, self.members)]
+        b1 = [ls[0].bias.double() - w @ net.feature_mean.double() for ls, w, net in zip(lin, w1, self.members)]
+        layers = [(torch.stack(w1).transpose(1, 2).float().contiguous(), torch.stack(b1)[:, None, :].float())]
+        for i in range(1, len(lin[0])):
+            layers.append((torch.stack([ls[i].weight for ls in lin]).transpose(1, 2).contiguous(),
+                           torch.stack([ls[i].bias for ls in lin])[:, None, :]))
+        return layers
+
     @torch.inference_mode()
-    def predict(self, mags: np.ndarray, errs: np.ndarray, block: int = 8192
+    def predict(self, mags: np.ndarray, errs: np.ndarray, block: int = 1024
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mixture parameters of the ensemble p(z): weights, means, stds, each (n, n_members * K).
 
-        Rows are processed in blocks of ``block`` so the activations stay in cache.
+        All members are evaluated together (batched matrix products over the members, the
+        features computed once), in blocks of ``block`` rows so that the activations stay in
+        cache. Each row's result depends only on that row.
         """
         if not self.members:
             raise RuntimeError("DeepEnsemble.predict called before fit or load")
         m, e, f = (torch.as_tensor(a) for a in self.preprocessor.transform(mags, errs))
-        n, k = len(m), self.config.n_components
-        shape = (n, len(self.members) * k)
-        w, mu, s = (torch.empty(shape, dtype=torch.float32) for _ in range(3))
+        first = self.members[0]
+        feats = photometry_features(m, e, f, first.colours)
+        layers = self._stacked_layers()
+        act = _INPLACE_ACTIVATIONS[self.config.activation]
+        n, k, nm = len(m), self.config.n_components, len(self.members)
+        w, mu, s = (torch.empty((n, nm, k), dtype=torch.float32) for _ in range(3))
         for start in range(0, n, block):
             sl = slice(start, min(start + block, n))
-            for j, net in enumerate(self.members):
-                log_w, mean, log_s = net(m[sl], e[sl], f[sl])
-                cols = slice(j * k, (j + 1) * k)
-                w[sl, cols] = torch.exp(log_w) / len(self.members)
-                mu[sl, cols] = mean
-                s[sl, cols] = torch.exp(log_s)
-        return w.numpy(), mu.numpy(), s.numpy()
+            h = feats[sl].expand(nm, -1, -1)
+            for i, (weight, bias) in enumerate(layers):
+                h = torch.baddbmm(bias, h, weight)
+                if i < len(layers) - 1:
+                    h = act(h)
+            logits, mean, log_s = h.split(k, dim=-1)  # each (members, rows, K)
+            w[sl] = torch.softmax(logits, dim=-1).transpose(0, 1) / nm
+            mu[sl] = mean.transpose(0, 1)
+            s[sl] = torch.exp(log_s.clamp(first.LOG_SIGMA_MIN, first.LOG_SIGMA_MAX)).transpose(0, 1)
+        return tuple(a.reshape(n, nm * k).numpy() for a in (w, mu, s))
 
     # ------------------------------------------------------------------ persistence (arrays only;
     # files are written by calipers.core.models.save_model / load_model)
