@@ -1,7 +1,7 @@
 """Compiled (numba) per-object kernels for Gaussian-mixture point estimates.
 
-Each object is handled independently (``prange`` over blocks of rows, each object on its own,
-so results do not depend on the chunking or the number of threads), in float64, on its
+Each object is handled on its own (so results do not depend on how rows are split between calls
+or threads), in float64, on its
 components heavier than ``w_min / K`` (so the weight left out is at most ``w_min``, which moves
 a CDF by no more than that).
 
@@ -10,19 +10,22 @@ the Gaussian factor uses :func:`_gauss`, a polynomial exponential (no libm call,
 < 1e-9), and the normal CDF the Abramowitz & Stegun 7.1.26 form of erfc (absolute error
 < 1.5e-7), which shares that exponential with the density. Arguments are clamped at 9 sigma,
 where a component adds less than 3e-18 of its weight.
+
+The kernels are serial and release the GIL: :mod:`calipers.photoz.mixture` runs them on parts of
+the rows in a thread pool.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _FAST = {"fastmath": True, "cache": True, "error_model": "numpy"}
+_KERNEL = {**_FAST, "nogil": True}
 _FAR2 = 81.0  # (9 sigma)^2
-_BLOCK = 256  # rows per parallel task (scratch arrays are allocated once per block)
 
 
 @njit(fastmath=True, cache=True, error_model="numpy", inline="always")
@@ -82,7 +85,7 @@ def _cdf_pdf(z, kw, km, iks, c, k):
     return f, d * _INV_SQRT_2PI
 
 
-@njit(parallel=True, **_FAST)
+@njit(**_KERNEL)
 def quantiles_kernel(w, mu, s, probs, w_min, tol):
     """Quantiles (n, len(probs)) by safeguarded Newton on the analytic CDF (bisection fallback)."""
     n, kk = w.shape
@@ -94,48 +97,46 @@ def quantiles_kernel(w, mu, s, probs, w_min, tol):
         for _ in range(60):
             x -= (0.5 * math.erfc(-x * _INV_SQRT2) - probs[q]) / (_INV_SQRT_2PI * math.exp(-0.5 * x * x))
         probits[q] = x
-    nb = (n + _BLOCK - 1) // _BLOCK
-    for b in prange(nb):
-        kw = np.empty(kk)
-        km = np.empty(kk)
-        ks = np.empty(kk)
-        iks = np.empty(kk)
-        c = np.empty(kk)
-        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
-            k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
-            total = 0.0
-            mean = 0.0
-            second = 0.0
-            lo0 = np.inf
-            hi0 = -np.inf
-            for j in range(k):
-                iks[j] = 1.0 / ks[j]
-                c[j] = kw[j] * iks[j]
-                total += kw[j]
-                mean += kw[j] * km[j]
-                second += kw[j] * (km[j] * km[j] + ks[j] * ks[j])
-                lo0 = min(lo0, km[j] - 10.0 * ks[j])
-                hi0 = max(hi0, km[j] + 10.0 * ks[j])
-            mean /= total
-            sd = math.sqrt(max(second / total - mean * mean, 0.0))
-            for q in range(nq):
-                target = probs[q] * total
-                lo, hi = lo0, hi0
-                z = min(max(mean + sd * probits[q], lo), hi)  # the Gaussian guess
-                for _ in range(100):
-                    f, d = _cdf_pdf(z, kw, km, iks, c, k)
-                    g = f - target
-                    if abs(g) <= tol * total:
-                        break
-                    if g < 0:
-                        lo = z
-                    else:
-                        hi = z
-                    if hi - lo <= 1e-12 * max(1.0, abs(z)):
-                        break
-                    step = z - g / d if d > 0 else 0.5 * (lo + hi)
-                    z = step if lo < step < hi else 0.5 * (lo + hi)
-                out[i, q] = z
+    kw = np.empty(kk)
+    km = np.empty(kk)
+    ks = np.empty(kk)
+    iks = np.empty(kk)
+    c = np.empty(kk)
+    for i in range(n):
+        k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
+        total = 0.0
+        mean = 0.0
+        second = 0.0
+        lo0 = np.inf
+        hi0 = -np.inf
+        for j in range(k):
+            iks[j] = 1.0 / ks[j]
+            c[j] = kw[j] * iks[j]
+            total += kw[j]
+            mean += kw[j] * km[j]
+            second += kw[j] * (km[j] * km[j] + ks[j] * ks[j])
+            lo0 = min(lo0, km[j] - 10.0 * ks[j])
+            hi0 = max(hi0, km[j] + 10.0 * ks[j])
+        mean /= total
+        sd = math.sqrt(max(second / total - mean * mean, 0.0))
+        for q in range(nq):
+            target = probs[q] * total
+            lo, hi = lo0, hi0
+            z = min(max(mean + sd * probits[q], lo), hi)  # the Gaussian guess
+            for _ in range(100):
+                f, d = _cdf_pdf(z, kw, km, iks, c, k)
+                g = f - target
+                if abs(g) <= tol * total:
+                    break
+                if g < 0:
+                    lo = z
+                else:
+                    hi = z
+                if hi - lo <= 1e-12 * max(1.0, abs(z)):
+                    break
+                step = z - g / d if d > 0 else 0.5 * (lo + hi)
+                z = step if lo < step < hi else 0.5 * (lo + hi)
+            out[i, q] = z
     return out
 
 
@@ -185,52 +186,50 @@ def _newton_sums(z, c, km, iv, k):
     return p, g, h, prec
 
 
-@njit(parallel=True, **_FAST)
+@njit(**_KERNEL)
 def mode_kernel(w, mu, s, w_min, n_peaks, n_starts, max_iter):
     """Global mode: Newton on log p from the best of the sharpest peaks, see mixture_mode."""
     n, kk = w.shape
     out = np.empty(n)
-    nb = (n + _BLOCK - 1) // _BLOCK
-    for b in prange(nb):
-        kw = np.empty(kk)
-        km = np.empty(kk)
-        ks = np.empty(kk)
-        c = np.empty(kk)
-        iv = np.empty(kk)
-        peaks = np.empty(max(n_peaks, 1), dtype=np.int64)
-        dens = np.empty(max(n_peaks, 1))
-        starts = np.empty(max(n_starts, 1), dtype=np.int64)
-        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
-            k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
-            for j in range(k):
-                c[j] = kw[j] / ks[j]
-                iv[j] = 1.0 / (ks[j] * ks[j])
-            # candidate starts: the means of the n_peaks components with the highest peaks w / s
-            nc = _top(c, k, n_peaks, peaks)
-            for j in range(nc):
-                dens[j] = _density(km[peaks[j]], c, km, iv, k)
-            ns = _top(dens, nc, n_starts, starts)
-            best_z = km[peaks[starts[0]]]
-            best_p = -1.0
-            for a in range(ns):
-                z = km[peaks[starts[a]]]
-                for _ in range(max_iter):
-                    p, g, h, prec = _newton_sums(z, c, km, iv, k)
-                    if p <= 0:
-                        break
-                    g /= p                      # d log p / dz
-                    h = h / p - g * g           # d2 log p / dz2
-                    prec /= p                   # local 1 / sigma^2
-                    lim = 1.0 / math.sqrt(prec)
-                    if h < 0:
-                        step = min(max(-g / h, -lim), lim)  # Newton, within one local sigma
-                    else:
-                        step = g / prec                      # mean-shift where log p is not concave
-                    z += step
-                    if abs(step) <= 1e-10 * max(1.0, abs(z)):
-                        break
-                p = _density(z, c, km, iv, k)
-                if p > best_p:
-                    best_p, best_z = p, z
-            out[i] = best_z
+    kw = np.empty(kk)
+    km = np.empty(kk)
+    ks = np.empty(kk)
+    c = np.empty(kk)
+    iv = np.empty(kk)
+    peaks = np.empty(max(n_peaks, 1), dtype=np.int64)
+    dens = np.empty(max(n_peaks, 1))
+    starts = np.empty(max(n_starts, 1), dtype=np.int64)
+    for i in range(n):
+        k = _keep(w[i], mu[i], s[i], w_min, kw, km, ks)
+        for j in range(k):
+            c[j] = kw[j] / ks[j]
+            iv[j] = 1.0 / (ks[j] * ks[j])
+        # candidate starts: the means of the n_peaks components with the highest peaks w / s
+        nc = _top(c, k, n_peaks, peaks)
+        for j in range(nc):
+            dens[j] = _density(km[peaks[j]], c, km, iv, k)
+        ns = _top(dens, nc, n_starts, starts)
+        best_z = km[peaks[starts[0]]]
+        best_p = -1.0
+        for a in range(ns):
+            z = km[peaks[starts[a]]]
+            for _ in range(max_iter):
+                p, g, h, prec = _newton_sums(z, c, km, iv, k)
+                if p <= 0:
+                    break
+                g /= p                      # d log p / dz
+                h = h / p - g * g           # d2 log p / dz2
+                prec /= p                   # local 1 / sigma^2
+                lim = 1.0 / math.sqrt(prec)
+                if h < 0:
+                    step = min(max(-g / h, -lim), lim)  # Newton, within one local sigma
+                else:
+                    step = g / prec                      # mean-shift where log p is not concave
+                z += step
+                if abs(step) <= 1e-10 * max(1.0, abs(z)):
+                    break
+            p = _density(z, c, km, iv, k)
+            if p > best_p:
+                best_p, best_z = p, z
+        out[i] = best_z
     return out

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from calipers.core.errors import ModelMismatchError
 from calipers.photoz.mdn import (MixtureDensityNetwork, mixture_cde_loss, mixture_crps, mixture_nll,
                                  photometry_features)
+from calipers.photoz.mixture import in_threads, mixture_point_estimates
 from calipers.photoz.preprocess import PhotometryPreprocessor
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class DeepEnsemble:
         return layers
 
     @torch.inference_mode()
-    def predict(self, mags: np.ndarray, errs: np.ndarray, block: int = 1024
+    def predict(self, mags: np.ndarray, errs: np.ndarray, block: int = 512
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mixture parameters of the ensemble p(z): weights, means, stds, each (n, n_members * K).
 
@@ -276,6 +277,29 @@ class DeepEnsemble:
             mu[sl] = mean.transpose(0, 1)
             s[sl] = torch.exp(log_s.clamp(first.LOG_SIGMA_MIN, first.LOG_SIGMA_MAX)).transpose(0, 1)
         return tuple(a.reshape(n, nm * k).numpy() for a in (w, mu, s))
+
+    def estimate(self, mags: np.ndarray, errs: np.ndarray, point_estimates=(), threads: int | None = None):
+        """:meth:`predict` and :func:`~calipers.photoz.mixture.mixture_point_estimates` together:
+        ``((weights, means, stds), {name: values})``.
+
+        The rows are split into ``threads`` parts (default: torch's thread count), each
+        predicted and summarised by its own thread with one torch thread: the small matrix
+        products parallelise better over rows this way than inside torch. Each row's result
+        depends only on that row (up to float32 rounding of the products, ~1e-7).
+        """
+        def part(rows):
+            w, mu, s = self.predict(mags[rows], errs[rows])
+            return (w, mu, s), mixture_point_estimates(w, mu, s, point_estimates, threads=1)
+
+        before = torch.get_num_threads()
+        threads = threads or before
+        torch.set_num_threads(1)
+        try:
+            parts = in_threads(part, len(mags), threads)
+        finally:
+            torch.set_num_threads(before)
+        mixture = tuple(np.concatenate([p[0][j] for p in parts]) for j in range(3))
+        return mixture, {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
 
     # ------------------------------------------------------------------ persistence (arrays only;
     # files are written by calipers.core.models.save_model / load_model)

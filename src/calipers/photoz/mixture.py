@@ -6,6 +6,7 @@ weights summing to 1 along axis 1.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -42,60 +43,83 @@ def mixture_cdf(weights, means, stds, z) -> np.ndarray:
 _W_MIN = 1e-5  # components lighter than _W_MIN / K (together at most _W_MIN of the weight) are skipped
 
 
-def _f64(*arrays):
-    return [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
+def _floats(*arrays):
+    """C-contiguous float32 or float64 arrays (the kernels copy what they keep into float64)."""
+    return [np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
+            for a in map(np.asarray, arrays)]
 
 
-def mixture_quantiles(weights, means, stds, probs, tolerance: float = 1e-9) -> np.ndarray:
+def in_threads(fn, n: int, threads: int | None = None, min_rows: int = 1024) -> list:
+    """``[fn(rows) for rows in parts]`` over ``threads`` contiguous slices of ``range(n)``, run in a
+    thread pool (for functions that release the GIL: compiled kernels, torch). ``threads``
+    defaults to torch's thread count (OMP_NUM_THREADS); parts are at least ``min_rows`` long."""
+    threads = max(1, min(threads or torch.get_num_threads(), n // min_rows))
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    if threads == 1:
+        return [fn(parts[0])]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, parts))
+
+
+def _by_rows(kernel, arrays, args, threads):
+    """A row-wise kernel on parts of the rows in threads, results stacked in row order."""
+    return np.concatenate(in_threads(lambda rows: kernel(*(a[rows] for a in arrays), *args), len(arrays[0]), threads))
+
+
+def mixture_quantiles(weights, means, stds, probs, tolerance: float = 1e-9, threads: int | None = None) -> np.ndarray:
     """Quantiles of each mixture from its analytic CDF: (n, len(probs)).
 
-    Per object (compiled, in parallel over objects): safeguarded Newton iterations on
+    Per object (compiled; parts of the rows in ``threads`` threads): safeguarded Newton iterations on
     ``F(z) - p`` inside a shrinking bracket (bisection whenever a Newton step leaves it), until
     ``|F(z) - p| <= tolerance``. Components lighter than 1e-5 / K (K components; together at
     most 1e-5 of the weight) are skipped.
     """
     from calipers.photoz._kernels import quantiles_kernel
 
-    w, mu, s = _f64(weights, means, stds)
+    w, mu, s = _floats(weights, means, stds)
     probs = np.ascontiguousarray(np.atleast_1d(probs), dtype=np.float64)
     if np.any((probs <= 0) | (probs >= 1)):
         raise ValueError(f"probabilities must lie in (0, 1), got {probs.tolist()}")
-    return quantiles_kernel(w, mu, s, probs, _W_MIN, tolerance)
+    return _by_rows(quantiles_kernel, (w, mu, s), (probs, _W_MIN, tolerance), threads)
 
 
-def mixture_mode(weights, means, stds, n_peaks: int = 8, n_starts: int = 3, max_iter: int = 50) -> np.ndarray:
+def mixture_mode(weights, means, stds, n_peaks: int = 8, n_starts: int = 3, max_iter: int = 50,
+                 threads: int | None = None) -> np.ndarray:
     """Global mode of each mixture.
 
     The mixture density is evaluated at the means of the ``n_peaks`` components with the highest
     peaks (w / sigma); from the ``n_starts`` best of those, Newton steps on the log density are
     taken (limited to one local sigma; a mean-shift step wherever the log density is not
     concave, which always climbs) until they stop moving; the end point of highest density wins.
-    Compiled, per object, in parallel over objects.
+    Compiled, per object; parts of the rows in ``threads`` threads.
     """
     from calipers.photoz._kernels import mode_kernel
 
-    w, mu, s = _f64(weights, means, stds)
-    return mode_kernel(w, mu, s, _W_MIN, n_peaks, n_starts, max_iter)
+    w, mu, s = _floats(weights, means, stds)
+    return _by_rows(mode_kernel, (w, mu, s), (_W_MIN, n_peaks, n_starts, max_iter), threads)
 
 
 POINT_ESTIMATES = ("zmode", "zmean", "zmedian", "zlo68", "zhi68")
 
 
-def mixture_point_estimates(weights, means, stds, which=POINT_ESTIMATES) -> dict[str, np.ndarray]:
+def mixture_point_estimates(weights, means, stds, which=POINT_ESTIMATES, threads: int | None = None
+                            ) -> dict[str, np.ndarray]:
     """RAIL-style point estimates: ``zmode``, ``zmean``, ``zmedian`` and the central 68%
-    interval ``zlo68``/``zhi68`` (16th and 84th percentiles); ``which`` selects a subset."""
+    interval ``zlo68``/``zhi68`` (16th and 84th percentiles); ``which`` selects a subset;
+    ``threads`` as in :func:`in_threads`."""
     unknown = set(which) - set(POINT_ESTIMATES)
     if unknown:
         raise ValueError(f"unknown point estimate(s) {sorted(unknown)}; choose from {POINT_ESTIMATES}")
     out: dict[str, np.ndarray] = {}
     if "zmode" in which:
-        out["zmode"] = mixture_mode(weights, means, stds)
+        out["zmode"] = mixture_mode(weights, means, stds, threads=threads)
     if "zmean" in which:
-        out["zmean"] = np.sum(np.asarray(weights, dtype=np.float64) * np.asarray(means, dtype=np.float64), axis=1)
+        out["zmean"] = np.einsum("ij,ij->i", np.asarray(weights), np.asarray(means), dtype=np.float64)
     probs = {"zmedian": 0.5, "zlo68": 0.16, "zhi68": 0.84}
     wanted = [k for k in probs if k in which]
     if wanted:
-        q = mixture_quantiles(weights, means, stds, [probs[k] for k in wanted])
+        q = mixture_quantiles(weights, means, stds, [probs[k] for k in wanted], threads=threads)
         out |= {k: q[:, j] for j, k in enumerate(wanted)}
     return out
 

@@ -14,7 +14,7 @@ from calipers.core import catalog
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.stage import CalipersStage, Param
-from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf, mixture_point_estimates
+from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf
 from calipers.photoz.mixture import POINT_ESTIMATES
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,7 @@ class PZEstimate(CalipersStage):
             chunks = self.iter_catalog("catalog", group, read_cols, c["chunk_size"])
             for start, end, cols in tqdm(chunks, total=len(ranges), desc=f"{self.instance_name} chunks",
                                          disable=self.rank != 0, leave=False):
-                w, mu, s = ens.predict(stack(cols, mag_cols), stack(cols, err_cols))
-                est = mixture_point_estimates(w, mu, s, which)
+                (w, mu, s), est = ens.estimate(stack(cols, mag_cols), stack(cols, err_cols), which)
                 if id_col:
                     est["id"] = cols[id_col]
                 if c["output_format"] == "mixmod":
