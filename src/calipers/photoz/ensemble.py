@@ -237,7 +237,8 @@ class DeepEnsemble:
     def _stacked_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every member's linear layers stacked for batched matrix products: [(W (M, in, out),
         b (M, 1, out))]. The first layer absorbs each member's feature standardisation
-        (W / std and b - W mean / std, folded in float64), so raw features go in."""
+        (W / std and b - W mean / std, folded in float64), so raw features go in; the last
+        has zero columns appended up to a multiple of 8 outputs."""
         lin = [[mod for mod in net.net if isinstance(mod, torch.nn.Linear)] for net in self.members]
         w1 = [ls[0].weight.double() / net.feature_std.double()[None, :] for ls, net in zip(lin, self.members)]
         b1 = [ls[0].bias.double() - w @ net.feature_mean.double() for ls, w, net in zip(lin, w1, self.members)]
@@ -245,6 +246,11 @@ class DeepEnsemble:
         for i in range(1, len(lin[0])):
             layers.append((torch.stack([ls[i].weight for ls in lin]).transpose(1, 2).contiguous(),
                            torch.stack([ls[i].bias for ls in lin])[:, None, :]))
+        # zero output columns up to a multiple of 8 (the AVX2 width): 3K = 30 -> 32 is ~1.5x faster
+        weight, bias = layers[-1]
+        pad = -weight.shape[2] % 8
+        if pad:
+            layers[-1] = (torch.nn.functional.pad(weight, (0, pad)).contiguous(), torch.nn.functional.pad(bias, (0, pad)))
         return layers
 
     @torch.inference_mode()
@@ -272,7 +278,7 @@ class DeepEnsemble:
                 h = torch.baddbmm(bias, h, weight)
                 if i < len(layers) - 1:
                     h = act(h)
-            logits, mean, log_s = h.split(k, dim=-1)  # each (members, rows, K)
+            logits, mean, log_s = h[..., :3 * k].split(k, dim=-1)  # each (members, rows, K)
             w[sl] = torch.softmax(logits, dim=-1).transpose(0, 1) / nm
             mu[sl] = mean.transpose(0, 1)
             s[sl] = torch.exp(log_s.clamp(first.LOG_SIGMA_MIN, first.LOG_SIGMA_MAX)).transpose(0, 1)
