@@ -52,6 +52,23 @@ def test_network_mixture_integrates_to_one():
     np.testing.assert_allclose(integrate_mixtures(w, mu.numpy(), s), 1.0, atol=1e-4)
 
 
+def test_output_initialisation_spreads_the_mixture_over_the_training_redshifts():
+    torch.manual_seed(0)
+    net = MixtureDensityNetwork(n_bands=4, n_components=5, hidden=16, n_layers=2)
+    mags = 22 + 2 * torch.rand(200, 4)
+    errs = 0.01 + 0.1 * torch.rand(200, 4)
+    flags = torch.zeros(200, 4)
+    net.set_scaling(mags, errs, flags)
+    z = torch.linspace(0.0, 3.0, 1001)
+    net.init_output(z)
+    with torch.no_grad():
+        log_w, mu, log_s = net(mags, errs, flags)
+    quantiles = np.array([0.3, 0.9, 1.5, 2.1, 2.7])  # (k + 1/2) / 5 of uniform 0..3
+    assert np.abs(mu.numpy() - quantiles).max() < 0.25  # every galaxy starts on the data
+    assert np.abs(torch.exp(log_w).numpy() - 0.2).max() < 0.1
+    np.testing.assert_allclose(torch.exp(log_s).numpy().mean(), 0.1 * float(z.std()), rtol=0.3)
+
+
 def test_ensemble_prediction_integrates_to_one(train100, valid10):
     mags, errs = mags_errs(train100)
     ens = DeepEnsemble(EnsembleConfig(**TINY_ENSEMBLE)).fit(mags, errs, train100["redshift"], BANDS, progress=False)

@@ -258,7 +258,9 @@ def test_estimate_output_is_a_qp_ensemble(estimate_output, valid10, tiny_model_d
     model = load_model(tiny_model_dir)
     grid = np.linspace(0, 3, 61)
     expected = mixture_pdf(*model.predict(*mags_errs(valid10)), grid)
-    np.testing.assert_allclose(ens.pdf(grid), expected, rtol=1e-5, atol=1e-6)
+    # (chunks of 4 rows vs 10 at once: float32 products may round differently, ~1e-7 in a mean,
+    # which moves the density of the sharpest components by ~1e-5)
+    np.testing.assert_allclose(ens.pdf(grid), expected, rtol=1e-4, atol=1e-6)
     # and it integrates to 1
     wide = np.linspace(-10, 10, 20001)
     np.testing.assert_allclose(np.trapezoid(ens.pdf(wide), wide, axis=1), 1.0, atol=1e-4)

@@ -179,6 +179,7 @@ class DeepEnsemble:
         val, train = torch.as_tensor(order[:n_val]), order[n_val:]
         net = self._new_member()
         net.set_scaling(m[train], e[train], f[train])
+        net.init_output(z[train])
         net.to(device)
         m, e, f, z = m.to(device), e.to(device), f.to(device), z.to(device)
         averaged = copy.deepcopy(net) if c.ema > 0 else net

@@ -73,6 +73,21 @@ class MixtureDensityNetwork(nn.Module):
         self.feature_mean.copy_(f.mean(0))
         self.feature_std.copy_(f.std(0).clamp_min(1e-6))
 
+    @torch.no_grad()
+    def init_output(self, z: torch.Tensor, width: float = 0.1) -> None:
+        """Start every galaxy near one mixture spread over the training redshifts ``z``: equal
+        weights, component means at the K quantiles (k + 1/2) / K of z, widths ``width`` x std(z),
+        with the last layer's mean and width weights scaled down 10x. (From the default
+        initialisation the means start near z = 0 and must first climb to the data; starting
+        on the data gives a better validation NLL in fewer epochs: see the README.)"""
+        k = self.n_components
+        z = torch.as_tensor(z, dtype=torch.float64)
+        last = self.net[-1]
+        last.weight[k:].mul_(0.1)
+        last.bias[:k] = 0.0
+        last.bias[k:2 * k] = torch.quantile(z, (torch.arange(k, dtype=torch.float64) + 0.5) / k).float()
+        last.bias[2 * k:] = math.log(width * max(float(z.std()), 1e-3))
+
     def forward(self, mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor):
         """Return (log_weights, means, log_sigmas), each (n, n_components)."""
         x = (photometry_features(mags, errs, flags, self.colours) - self.feature_mean) / self.feature_std
