@@ -70,6 +70,22 @@ def test_batched_prediction_equals_each_members_own_forward(train100, valid10, a
             np.testing.assert_allclose(s[:, cols], torch.exp(log_s).numpy(), rtol=1e-4)
 
 
+def test_estimate_in_threads_equals_predict_then_point_estimates(ensemble, valid10):
+    """estimate() splits rows over threads; the mixtures and point estimates are those of one
+    predict() and mixture_point_estimates() call on all rows."""
+    mags, errs = (np.tile(a, (250, 1)) for a in mags_errs(valid10))  # 2500 rows: 2 parts of >= 1024
+    which = ["zmode", "zmean", "zmedian", "zlo68", "zhi68"]
+    before = torch.get_num_threads()
+    (w, mu, s), est = ensemble.estimate(mags, errs, which, threads=2)
+    assert torch.get_num_threads() == before  # estimate() runs its parts with one torch thread each
+    ref = ensemble.predict(mags, errs)
+    for a, b in zip((w, mu, s), ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    ref_est = mixture_point_estimates(w, mu, s, which, threads=1)
+    for k in which:
+        np.testing.assert_array_equal(est[k], ref_est[k], err_msg=k)
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_save_load_round_trip(ensemble, valid10, tmp_path):
     save_model(str(tmp_path / "model"), ensemble)
