@@ -261,7 +261,8 @@ class DeepEnsemble:
 
         All members are evaluated together (batched matrix products over the members, the
         features computed once), in blocks of ``block`` rows so that the activations stay in
-        cache. Each row's result depends only on that row.
+        cache. Each row's result depends only on that row, up to float32 rounding of the matrix
+        products (~1e-7), which may depend on how many rows go in together.
         """
         if not self.members:
             raise RuntimeError("DeepEnsemble.predict called before fit or load")
