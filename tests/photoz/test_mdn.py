@@ -309,3 +309,20 @@ def test_crps_weighted_objective_trains_and_is_recorded():
     assert ens.state()[0]["config"]["crps_weight"] == 5.0
     with pytest.raises(ValueError, match="crps_weight"):
         DeepEnsemble(EnsembleConfig(crps_weight=-1.0))
+
+
+# ---------------------------------------------------------------------------- compiled SiLU
+def test_compiled_silu_matches_torch():
+    """The estimation-time SiLU kernel: relative error < 1e-5 for |x| <= 40, tiny absolute error beyond."""
+    from calipers.photoz._kernels import silu_
+
+    x = np.concatenate([np.linspace(-80, 80, 400_001), np.random.default_rng(0).normal(0, 3, 100_000)]).astype(np.float32)
+    ref = torch.nn.functional.silu(torch.from_numpy(x).double()).numpy()
+    got = x.copy()
+    silu_(got)
+    inner = np.abs(x) <= 40
+    rel = np.abs(got[inner] - ref[inner]) / np.abs(ref[inner]).clip(1e-300)
+    assert rel.max() < 1e-5, f"worst relative error {rel.max():.2e} at x = {x[inner][rel.argmax()]}"
+    ulp32 = np.spacing(np.abs(ref[~inner]).astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(got[~inner] - ref[~inner]) <= 1e-17 * np.abs(x[~inner]) + 2 * ulp32)
+    assert got[np.argmin(np.abs(x))] == 0.0  # SiLU(0) = 0 exactly

@@ -13,6 +13,8 @@ where a component adds less than 3e-18 of its weight.
 
 The kernels are serial and release the GIL: :mod:`calipers.photoz.mixture` runs them on parts of
 the rows in a thread pool.
+
+:func:`silu_` is the ensemble's hidden-layer non-linearity at estimation time (float32, in place).
 """
 from __future__ import annotations
 
@@ -43,6 +45,29 @@ def _gauss(x2):
     p = p * p
     p = p * p
     return p * p
+
+
+_F32 = np.float32
+
+
+@njit(fastmath=True, cache=True, error_model="numpy", nogil=True)
+def silu_(a):
+    """SiLU ``x / (1 + exp(-x))`` in place on a flat float32 array: 8 lanes at a time, about twice as
+    fast as torch's here. exp(-x) = exp(y)^64 with y = -x / 64 (x clamped to [-40, 40]) from its
+    degree-8 Taylor series. Relative error below 1e-5 for |x| <= 40 (float32 rounding amplified by
+    the squarings; torch's float32 SiLU: ~1e-7); beyond, the absolute error is below 1e-17 |x|."""
+    for i in range(a.shape[0]):
+        v = a[i]
+        y = min(max(v, _F32(-40.0)), _F32(40.0)) * _F32(-1.0 / 64.0)
+        p = _F32(1.0) + y * (_F32(1.0) + y * (_F32(0.5) + y * (_F32(1.0 / 6.0) + y * (_F32(1.0 / 24.0) + y * (
+            _F32(1.0 / 120.0) + y * (_F32(1.0 / 720.0) + y * (_F32(1.0 / 5040.0) + y * _F32(1.0 / 40320.0))))))))
+        p = p * p
+        p = p * p
+        p = p * p
+        p = p * p
+        p = p * p
+        p = p * p
+        a[i] = v / (_F32(1.0) + p)
 
 
 @njit(cache=True, inline="always")

@@ -25,9 +25,20 @@ log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "calipers.photoz.DeepEnsemble/1"
 
-# the hidden-layer non-linearities of MixtureDensityNetwork.ACTIVATIONS, in place where torch has it
+
+
+def _silu_(h: torch.Tensor) -> torch.Tensor:
+    """SiLU in place with the compiled float32 kernel (see calipers.photoz._kernels.silu_)."""
+    from calipers.photoz._kernels import silu_
+
+    silu_(h.view(-1).numpy())
+    return h
+
+
+# the hidden-layer non-linearities of MixtureDensityNetwork.ACTIVATIONS at estimation time, in place
+# where possible (h: a contiguous float32 block of activations)
 _INPLACE_ACTIVATIONS = {
-    "silu": lambda h: torch.nn.functional.silu(h, inplace=True),
+    "silu": _silu_,
     "relu": torch.relu_,
     "tanh": torch.tanh_,
     "gelu": torch.nn.functional.gelu,
