@@ -326,3 +326,21 @@ def test_compiled_silu_matches_torch():
     ulp32 = np.spacing(np.abs(ref[~inner]).astype(np.float32)).astype(np.float64)
     assert np.all(np.abs(got[~inner] - ref[~inner]) <= 1e-17 * np.abs(x[~inner]) + 2 * ulp32)
     assert got[np.argmin(np.abs(x))] == 0.0  # SiLU(0) = 0 exactly
+
+
+def test_point_estimates_of_many_component_mixtures_are_float64_accurate():
+    """50-component mixtures (an ensemble's size): the float32 iterations are finished in float64."""
+    rng = np.random.default_rng(3)
+    n, k = 400, 50
+    w = rng.dirichlet(np.full(k, 0.5), n)
+    mu = rng.normal(rng.uniform(0.2, 2.5, (n, 1)), rng.uniform(0.01, 0.3, (n, 1)), (n, k))
+    s = rng.uniform(0.01, 0.15, (n, k))
+    probs = np.array([0.16, 0.5, 0.84])
+    q = mixture_quantiles(w, mu, s, probs)
+    resid = np.array([mixture_cdf(w[i:i + 1], mu[i:i + 1], s[i:i + 1], q[i])[0] for i in range(n)]) - probs
+    assert np.abs(resid).max() < 1e-6 and np.median(np.abs(resid)) < 1e-8
+    zmode = mixture_point_estimates(w, mu, s, ["zmode"])["zmode"]
+    ratio = density_at(w, mu, s, zmode[:, None])[:, 0] / max_density(w, mu, s)
+    # float64-accurate maxima; the starts (best 3 of the 8 sharpest peaks) miss a broad global peak
+    # in 1 of these 400 (as the float64-only search did), by < 1%
+    assert np.mean(ratio > 1 - 1e-9) >= 0.995 and ratio.min() > 0.99

@@ -71,8 +71,10 @@ def mixture_quantiles(weights, means, stds, probs, tolerance: float = 1e-9, thre
     """Quantiles of each mixture from its analytic CDF: (n, len(probs)).
 
     Per object (compiled; parts of the rows in ``threads`` threads): safeguarded Newton iterations on
-    ``F(z) - p`` inside a shrinking bracket (bisection whenever a Newton step leaves it), until
-    ``|F(z) - p| <= tolerance``. Components lighter than 1e-5 / K (K components; together at
+    ``F(z) - p`` inside a shrinking bracket (bisection whenever a Newton step leaves it), in float32
+    until ``|F(z) - p| <= 1e-5``, then in float64 until ``|F(z) - p| <= tolerance`` or for one
+    Newton step from that float32 root (which leaves a residual of order 1e-10, 1e-6 at worst in
+    gaps of near-zero density). Components lighter than 1e-5 / K (K components; together at
     most 1e-5 of the weight) are skipped.
     """
     from calipers.photoz._kernels import quantiles_kernel
@@ -91,8 +93,12 @@ def mixture_mode(weights, means, stds, n_peaks: int = 8, n_starts: int = 3, max_
     The mixture density is evaluated at the means of the ``n_peaks`` components with the highest
     peaks (w / sigma); from the ``n_starts`` best of those, Newton steps on the log density are
     taken (limited to one local sigma; a mean-shift step wherever the log density is not
-    concave, which always climbs) until they stop moving; the end point of highest density wins.
-    Compiled, per object; parts of the rows in ``threads`` threads.
+    concave, which always climbs) until a Newton step is below 1e-4 local sigma, in float32; the
+    end points of (within 1e-4) the highest density are refined in float64, to ~1e-8 local sigma,
+    and the highest of them wins. Compiled, per object; parts of the rows in ``threads`` threads.
+    On very flat tops (a plateau of many components) ``max_iter`` mean-shift steps may stop short
+    of the maximum (in 2 of 100,000 DC2-like objects it ended lower than a float64-only search,
+    by 2e-5 and 3e-3 of the density; neither search reached the maximum there).
     """
     from calipers.photoz._kernels import mode_kernel
 
