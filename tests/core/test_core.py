@@ -242,3 +242,47 @@ def test_device_binds_rank_r_to_gpu_r_mod_n(monkeypatch):
         choose_device("cuda", 0)
     with pytest.raises(ValueError, match="Unknown device"):
         choose_device("tpu", 0)
+
+
+# ---------------------------------------------------------------------------- streaming qp writes
+QP_LAYOUT = dict(meta={"pdf_name": np.array([b"mixmod"]), "pdf_version": np.array([0])},
+                 data_shapes={"weights": (3,), "means": (3,), "stds": (3,)}, ancil_names=["zmode"])
+
+
+def write_qp_chunks(path, chunks, background):
+    from calipers.core.qpio import QPChunkWriter
+
+    with QPChunkWriter(str(path), sum(len(c["weights"]) for c in chunks), background=background, **QP_LAYOUT) as out:
+        start = 0
+        for c in chunks:
+            n = len(c["weights"])
+            out.write(start, start + n, {k: c[k] for k in ("weights", "means", "stds")}, {"zmode": c["zmode"]})
+            start += n
+
+
+def test_background_qp_writes_equal_direct_writes_and_open_with_qp(tmp_path):
+    import qp
+
+    rng = np.random.default_rng(0)
+    chunks = []
+    for n in (5, 7, 1, 12):
+        w = rng.uniform(0.1, 1, (n, 3))
+        chunks.append(dict(weights=w / w.sum(1, keepdims=True), means=rng.uniform(0, 3, (n, 3)),
+                           stds=rng.uniform(0.05, 0.3, (n, 3)), zmode=rng.uniform(0, 3, n)))
+    write_qp_chunks(tmp_path / "a.hdf5", chunks, background=False)
+    write_qp_chunks(tmp_path / "b.hdf5", chunks, background=True)
+    with h5py.File(tmp_path / "a.hdf5") as a, h5py.File(tmp_path / "b.hdf5") as b:
+        for group in ("data", "ancil"):
+            for k in a[group]:
+                np.testing.assert_array_equal(a[group][k][:], b[group][k][:])
+    ens = qp.read(str(tmp_path / "b.hdf5"))
+    assert ens.npdf == 25
+    np.testing.assert_allclose(ens.ancil["zmode"], np.concatenate([c["zmode"] for c in chunks]))
+
+
+def test_background_qp_write_error_is_raised(tmp_path):
+    """A chunk that does not fit fails in the writer thread; the error reaches the caller."""
+    chunk = dict(weights=np.ones((4, 3)) / 3, means=np.ones((4, 3)), stds=np.ones((4, 3)), zmode=np.ones(4))
+    bad = dict(chunk, means=np.ones((4, 2)))  # 2 components where the file has 3
+    with pytest.raises((TypeError, ValueError)):
+        write_qp_chunks(tmp_path / "c.hdf5", [chunk, bad, chunk], background=True)

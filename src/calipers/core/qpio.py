@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
@@ -32,11 +33,18 @@ class QPChunkWriter:
         Per-object ancillary columns (point estimates, ids).
     provenance : dict, optional
         String attributes stored in a ``provenance`` group.
+    background : bool
+        Write each chunk in a background thread while the caller computes the next one (at most
+        one chunk in flight: ``write`` first waits for the previous chunk, and re-raises its
+        error). The arrays passed to ``write`` must not be modified afterwards.
     """
 
     def __init__(self, path: str, n_rows: int, meta: dict, data_shapes: dict, ancil_names: Sequence[str],
-                 provenance: dict | None = None, dtype=np.float32, ancil_dtypes: dict | None = None):
+                 provenance: dict | None = None, dtype=np.float32, ancil_dtypes: dict | None = None,
+                 background: bool = False):
         self.path = path
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="qp-writer") if background else None
+        self._pending = None
         self.file = h5py.File(path, "w")
         g = self.file.create_group("meta")
         for k, v in meta.items():
@@ -54,13 +62,32 @@ class QPChunkWriter:
                 p.attrs[k] = v if isinstance(v, str) else json.dumps(v)
 
     def write(self, start: int, end: int, data: dict, ancil: dict) -> None:
+        """Rows ``[start, end)``: ``data`` and ``ancil`` columns (name -> array)."""
+        if self._pool is None:
+            self._write(start, end, data, ancil)
+            return
+        self.flush()
+        self._pending = self._pool.submit(self._write, start, end, data, ancil)
+
+    def _write(self, start: int, end: int, data: dict, ancil: dict) -> None:
         for k, v in data.items():
             self.file["data"][k][start:end] = v
         for k, v in ancil.items():
             self.file["ancil"][k][start:end] = v
 
+    def flush(self) -> None:
+        """Wait for a background write in flight (re-raising its error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self.file.close()
 
     def __enter__(self):
         return self

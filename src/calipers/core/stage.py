@@ -197,7 +197,7 @@ class CalipersStage(PipelineStage):
         Serially it writes the (in-progress) output directly. Under MPI each rank writes its
         chunks to a part file and rank 0 then copies the parts into the output chunk by chunk
         (no rank holds the catalog; no parallel HDF5 needed). ``layout``: ``meta``,
-        ``data_shapes``, ``ancil_names``, ``ancil_dtypes`` as for ``QPChunkWriter``.
+        ``data_shapes``, ``ancil_names``, ``ancil_dtypes``, ``background`` as for ``QPChunkWriter``.
         """
         from calipers.core.qpio import QPChunkWriter, merge_parts
 
@@ -216,7 +216,7 @@ class CalipersStage(PipelineStage):
             yield _PartWriter(part, offsets)
         self.comm.Barrier()
         if self.rank == 0:
-            with QPChunkWriter(target, n_rows, provenance=prov, **layout):
+            with QPChunkWriter(target, n_rows, provenance=prov, **{**layout, "background": False}):
                 pass
             merge_parts(target, [(f"{target}.rank{r}", _catalog.chunk_ranges(n_rows, chunk_size, r, self.size))
                                  for r in range(self.size)])

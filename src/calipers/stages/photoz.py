@@ -189,7 +189,8 @@ class PZEstimate(CalipersStage):
             meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
             shapes = {"yvals": (len(zgrid),)}
         ranges = catalog.chunk_ranges(n, c["chunk_size"], self.rank, self.size)
-        layout = dict(meta=meta, data_shapes=shapes, ancil_names=ancil, ancil_dtypes={"id": np.int64})
+        # background writes: chunk i is written while chunk i + 1 is estimated
+        layout = dict(meta=meta, data_shapes=shapes, ancil_names=ancil, ancil_dtypes={"id": np.int64}, background=True)
         t0 = time.time()
         with self.qp_output("pz", n, c["chunk_size"], **layout) as out:
             chunks = self.iter_catalog("catalog", group, read_cols, c["chunk_size"])
