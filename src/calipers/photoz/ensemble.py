@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "calipers.photoz.DeepEnsemble/1"
 
 
-
 def _silu_(h: torch.Tensor) -> torch.Tensor:
     """SiLU in place with the compiled float32 kernel (see calipers.photoz._kernels.silu_)."""
     from calipers.photoz._kernels import silu_
