@@ -156,6 +156,18 @@ def _cdf_pdf32(z, kw, km, iks, c, k):
 _Q32_TOL = 1e-5  # |F(z) - p| at which the float32 stage of the quantile search hands over
 
 
+@njit(cache=True, inline="always")
+def _bracket_step(z, g, d, lo, hi):
+    """One safeguarded Newton step on F(z) - p = g with F'(z) = d: the bracket [lo, hi] shrinks to
+    the side of the root, and a step leaving it is replaced by bisection. Returns (next z, lo, hi)."""
+    if g < 0:
+        lo = z
+    else:
+        hi = z
+    step = z - g / d if d > 0 else 0.5 * (lo + hi)
+    return (step if lo < step < hi else 0.5 * (lo + hi)), lo, hi
+
+
 @njit(**_KERNEL)
 def quantiles_kernel(w, mu, s, probs, w_min, tol):
     """Quantiles (n, len(probs)) by safeguarded Newton on the analytic CDF (bisection fallback):
@@ -212,14 +224,10 @@ def quantiles_kernel(w, mu, s, probs, w_min, tol):
                 g = float(f32 - target32)
                 if abs(g) <= _Q32_TOL * total:
                     break
-                if g < 0:
-                    lo = z
-                else:
-                    hi = z
+                step, lo, hi = _bracket_step(z, g, float(d32), lo, hi)
                 if hi - lo <= 1e-6 * max(1.0, abs(z)):
                     break
-                step = z - g / float(d32) if d32 > 0 else 0.5 * (lo + hi)
-                z = step if lo < step < hi else 0.5 * (lo + hi)
+                z = step
             # float64 stage: Newton from the float32 root (safeguarded in the original bracket)
             lo, hi = lo0, hi0
             for _ in range(100):
@@ -227,14 +235,10 @@ def quantiles_kernel(w, mu, s, probs, w_min, tol):
                 g = f - target
                 if abs(g) <= tol * total:
                     break
-                if g < 0:
-                    lo = z
-                else:
-                    hi = z
+                step, lo, hi = _bracket_step(z, g, d, lo, hi)
                 if hi - lo <= 1e-12 * max(1.0, abs(z)):
                     break
-                step = z - g / d if d > 0 else 0.5 * (lo + hi)
-                z = step if lo < step < hi else 0.5 * (lo + hi)
+                z = step
                 if abs(g) <= _Q32_TOL * total:
                     break  # one Newton step from within 1e-5: the residual is now ~1e-10
             out[i, q] = z
