@@ -216,7 +216,7 @@ class CalipersStage(PipelineStage):
             yield _PartWriter(part, offsets)
         self.comm.Barrier()
         if self.rank == 0:
-            with QPChunkWriter(target, n_rows, provenance=prov, **{**layout, "background": False}):
+            with QPChunkWriter(target, n_rows, provenance=prov, **layout):  # the empty target: no writes
                 pass
             merge_parts(target, [(f"{target}.rank{r}", _catalog.chunk_ranges(n_rows, chunk_size, r, self.size))
                                  for r in range(self.size)])
