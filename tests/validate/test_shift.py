@@ -27,6 +27,30 @@ def test_classifier_test_detects_shift_and_not_noise():
     assert null.p_value > 0.01 and abs(null.statistic - 0.5) < 0.05
 
 
+def sorted_sample(n, shift, seed):
+    """A 2-d Gaussian feature sample sorted by its first feature, as the DC2 training file is by z."""
+    x = np.random.default_rng(seed).normal(0, 1, (n, 2)) + np.array([shift, 0])
+    return x[np.argsort(x[:, 0])]
+
+
+def test_classifier_test_on_sorted_samples_of_unequal_size():
+    """Balancing must take a random subset of the larger sample, not its first (lowest) rows: one
+    population, sorted, 3000 vs 1200 rows, fires at p < 0.05 in at most 2 of 20 seeds (expected
+    1; taking the first rows fired in every seed at p < 1e-100)."""
+    p = [classifier_two_sample_test(sorted_sample(3000, 0, s), sorted_sample(1200, 0, 100 + s), seed=s).p_value
+         for s in range(20)]
+    assert sum(v < 0.05 for v in p) <= 2, p
+    shifted = classifier_two_sample_test(sorted_sample(3000, 0, 1), sorted_sample(1200, 0.5, 2))
+    assert shifted.p_value < 1e-3 and shifted.n_reference == shifted.n_target == 1200
+
+
+def test_mmd_on_sorted_samples_of_unequal_size():
+    p = [mmd_test(sorted_sample(600, 0, s), sorted_sample(250, 0, 100 + s), max_n=300, n_permutations=50,
+                  seed=s).p_value for s in range(10)]
+    assert sum(v < 0.05 for v in p) <= 2, p
+    assert mmd_test(sorted_sample(600, 0, 1), sorted_sample(250, 0.5, 2), max_n=300).p_value < 0.01
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="different numbers of features"):
         mmd_test(sample(10, 0, 1), sample(10, 0, 1)[:, :3])

@@ -5,8 +5,10 @@
 - :func:`classifier_two_sample_test` - train a classifier to tell the samples apart
   (Lopez-Paz & Oquab 2017); cross-validated accuracy above 1/2 with a binomial p-value.
 
-Both standardise features on the pooled sample and subsample to ``max_n`` rows per sample
-(seeded) so the cost stays bounded on large catalogs.
+Both shuffle each sample (seeded) before anything takes a subset of rows, standardise features on
+the pooled sample and subsample to ``max_n`` rows per sample so the cost stays bounded on large
+catalogs. Catalogs are often sorted (the DC2 training file is sorted by redshift), so a subset
+taken by position would compare one end of a sample with the whole of the other.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class ShiftResult:
 
 
 def _prepare(x: np.ndarray, y: np.ndarray, max_n: int, rng: np.random.Generator):
+    """Validated, shuffled (at most ``max_n`` rows each), pooled-standardised copies of both samples."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim == 1:
         x, y = x[:, None], y[:, None]
@@ -38,10 +41,9 @@ def _prepare(x: np.ndarray, y: np.ndarray, max_n: int, rng: np.random.Generator)
         bad = np.flatnonzero(~np.all(np.isfinite(a), axis=1))
         if bad.size:
             raise ValueError(f"{name} sample: non-finite features in {bad.size} row(s), first at row {bad[0]}")
-    if len(x) > max_n:
-        x = x[rng.choice(len(x), max_n, replace=False)]
-    if len(y) > max_n:
-        y = y[rng.choice(len(y), max_n, replace=False)]
+    # a random order, so that any later "first n rows" is a random subset of a possibly sorted input
+    x = x[rng.permutation(len(x))[:max_n]]
+    y = y[rng.permutation(len(y))[:max_n]]
     pooled = np.vstack([x, y])
     mu, sd = pooled.mean(0), pooled.std(0)
     sd[sd == 0] = 1.0
@@ -81,7 +83,9 @@ def classifier_two_sample_test(reference: np.ndarray, target: np.ndarray, max_n:
     """Cross-validated accuracy of a gradient-boosted classifier telling the samples apart.
 
     Under no shift the held-out accuracy of balanced samples is Binomial(N, 1/2)/N; the p-value
-    is that binomial tail.
+    is that binomial tail. The larger sample is balanced to the smaller by a seeded random subset
+    (the rows are shuffled first), never by its first rows: on a sorted catalog those are one end
+    of its distribution.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -89,7 +93,7 @@ def classifier_two_sample_test(reference: np.ndarray, target: np.ndarray, max_n:
     rng = np.random.default_rng(seed)
     x, y = _prepare(reference, target, max_n, rng)
     n = min(len(x), len(y))  # balance the classes so chance accuracy is exactly 1/2
-    x, y = x[:n], y[:n]
+    x, y = x[:n], y[:n]  # a random subset: _prepare shuffled the rows
     features = np.vstack([x, y])
     labels = np.r_[np.zeros(n), np.ones(n)]
     clf = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
