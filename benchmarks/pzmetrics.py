@@ -19,16 +19,30 @@ def grid_pdfs(ens, zgrid=ZGRID):
     return p / norm[:, None]
 
 
+def grid_cdf(pdfs, zgrid=ZGRID):
+    """CDF at the grid points of the piecewise-linear pdf (cumulative trapezoid), normalised."""
+    dz = np.diff(zgrid)
+    cdf = np.concatenate([np.zeros((len(pdfs), 1)),
+                          np.cumsum(0.5 * (pdfs[:, 1:] + pdfs[:, :-1]) * dz, axis=1)], axis=1)
+    return np.clip(cdf / cdf[:, -1:], 0, 1)
+
+
 def metrics(pdfs, ztrue, zgrid=ZGRID):
-    dz = zgrid[1] - zgrid[0]
-    cdf = np.cumsum(pdfs, axis=1) * dz
-    cdf = np.clip(cdf / cdf[:, -1:], 0, 1)
+    """The pdf is piecewise linear between grid points; its CDF is then exact (quadratic between
+    points). A truth outside the grid has PIT 0 or 1 and density 0."""
+    cdf = grid_cdf(pdfs, zgrid)
+    norm = np.trapezoid(pdfs, zgrid, axis=1)
+    norm[norm <= 0] = 1.0
     idx = np.clip(np.searchsorted(zgrid, ztrue), 1, len(zgrid) - 1)
-    # linear interpolation of cdf and pdf at the true redshift
-    w = (ztrue - zgrid[idx - 1]) / dz
+    dz = zgrid[idx] - zgrid[idx - 1]
+    t = np.clip(ztrue - zgrid[idx - 1], 0.0, dz)
+    w = t / dz
     rows = np.arange(len(ztrue))
-    pit = (1 - w) * cdf[rows, idx - 1] + w * cdf[rows, idx]
-    p_at = (1 - w) * pdfs[rows, idx - 1] + w * pdfs[rows, idx]
+    p0, p1 = pdfs[rows, idx - 1], pdfs[rows, idx]
+    pit = cdf[rows, idx - 1] + (p0 * t + 0.5 * (p1 - p0) * t * w) / norm
+    pit = np.clip(pit, 0, 1)
+    inside = (ztrue >= zgrid[0]) & (ztrue <= zgrid[-1])
+    p_at = np.where(inside, (1 - w) * p0 + w * p1, 0.0)
     cde = np.mean(np.trapezoid(pdfs**2, zgrid, axis=1)) - 2 * np.mean(p_at)
     ks = stats.kstest(pit, "uniform").statistic
     cvm = stats.cramervonmises(pit, "uniform").statistic

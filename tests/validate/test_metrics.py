@@ -27,9 +27,22 @@ def test_agrees_with_neutral_benchmark_metrics():
     ours = pz_metrics(ens, z)
     ref = pzmetrics.metrics(pzmetrics.grid_pdfs(ens), z)
     assert ours["n_invalid"] == 0 and ours["n"] == 500
-    for key in ("cde_loss", "pit_ks", "pit_cvm", "cov68", "cov95", "crps", "sigma_iqr", "bias", "outlier_015",
+    for key in ("cde_loss", "pit_ks", "pit_cvm", "cov68", "cov95", "sigma_iqr", "bias", "outlier_015",
                 "outlier_3sig", "pit_outlier"):
         assert ours[key] == pytest.approx(float(ref[key]), rel=1e-9, abs=1e-12), key
+    # the neutral CRPS takes the step at grid points with the trapezoid rule; ours is exact
+    assert ours["crps"] == pytest.approx(float(ref["crps"]), rel=1e-3)
+
+
+def test_truths_outside_the_grid_are_counted_with_pit_0_or_1():
+    ens, z = random_ensemble(n=300, seed=5)
+    z = z.copy()
+    z[:4] = [-0.2, -0.1, 3.5, 4.0]
+    m = pz_metrics(ens, z)
+    assert m["n_truth_below_grid"] == 2 and m["n_truth_above_grid"] == 2 and m["n_invalid"] == 0
+    ref = pzmetrics.metrics(pzmetrics.grid_pdfs(ens), z)
+    assert m["pit_outlier"] == pytest.approx(ref["pit_outlier"]) and m["pit_outlier"] >= 4 / 300
+    assert m["cde_loss"] == pytest.approx(ref["cde_loss"], rel=1e-12)
 
 
 def test_calibrated_truths_give_uniform_pit():

@@ -71,6 +71,16 @@ def test_any_split_over_ranks_gives_identical_results():
         assert merged.result() == serial
 
 
+def test_truths_outside_the_grid_are_counted():
+    p, valid, z = toy(n=400, seed=4)
+    z[10], z[11], z[12] = -0.3, 3.2, 5.0
+    m = accumulate(p, valid, z, ranges(len(z), 150)).result()
+    assert m["n_truth_below_grid"] == 1 and m["n_truth_above_grid"] == 2
+    ok = valid & np.isfinite(z)
+    np.testing.assert_allclose(m["crps"], crps(p[ok], ZGRID, z[ok]), rtol=1e-12)
+    assert m["pit_outlier"] >= 3 / ok.sum()
+
+
 def test_merge_refuses_mismatches():
     p, valid, z = toy(n=300)
     a = accumulate(p, valid, z, [(0, 100)])

@@ -5,7 +5,7 @@
 - :class:`LocalPITRecalibrator` - local PIT recalibration conditioned on the inputs (Cal-PIT-like):
   learns P(PIT <= u | x) so that calibration holds across feature space, not only on average;
 - :class:`SplitConformalInterval` - split-conformal intervals with a finite-sample guarantee;
-- :class:`ConformalPredictiveDistribution` - a conformal CDF per object, exactly calibrated PIT;
+- :class:`ConformalPredictiveDistribution` - a conformal CDF per object, uniform PIT for exchangeable data (to the grid resolution once gridded);
 - :class:`GaussianWidthScaling`, :class:`TemperatureScaling` - one-parameter width / logit scaling.
 """
 from calipers.calibrate.conformal import (

@@ -65,7 +65,9 @@ class ConformalPredictiveDistribution:
 
     with ``tau`` in [0, 1]. For exchangeable data and ``tau ~ U(0, 1)``, ``Q(z_true)`` is exactly
     uniform, whatever the base model: every central interval of Q has coverage equal to its level
-    up to the 1/(n+1) resolution (the finite-sample guarantee of conformal prediction). With the
+    up to the 1/(n+1) resolution (the finite-sample guarantee of conformal prediction). That
+    holds for Q itself (:meth:`transform_cdf`); the gridded densities of :meth:`transform_pdfs`
+    smooth its steps over grid cells and are calibrated only to that resolution. With the
     default ``tau = 0.5`` it is the mid-rank version. Q is a step function of F with steps of
     1/(n+1); it puts mass tau/(n+1) below and (1-tau)/(n+1) above the base support, which
     :meth:`transform_pdfs` drops when it renormalises on the grid.
@@ -96,12 +98,15 @@ class ConformalPredictiveDistribution:
         return (below + self.tau * (ties + 1)) / (len(self.scores) + 1)
 
     def transform_pdfs(self, pdfs: np.ndarray, zgrid: np.ndarray) -> np.ndarray:
-        """Densities of Q on the grid (finite differences of Q), renormalised on the grid."""
-        from calipers.calibrate.pit import grid_cdf
+        """Densities of Q on the grid: the base density times the slope of Q over the grid cells
+        around each point (:func:`calipers.validate.cdf.remap_pdfs`), renormalised on the grid.
 
-        q = self.transform_cdf(grid_cdf(pdfs, zgrid))
-        dens = np.clip(np.gradient(q, zgrid, axis=1), 0, None)
-        return dens / np.trapezoid(dens, zgrid, axis=1)[:, None]
+        On a grid, Q's steps of 1/(n+1) are averaged over the CDF range of two grid cells, so
+        the gridded distribution is a smoothed Q: its PIT is uniform up to that resolution and
+        the sampling noise of the calibration set, not exactly."""
+        from calipers.validate.cdf import remap_pdfs
+
+        return remap_pdfs(pdfs, zgrid, self.transform_cdf)
 
     def to_dict(self) -> dict:
         return {"kind": "ConformalPredictiveDistribution", "tau": self.tau, "scores": self.scores.tolist()}

@@ -40,7 +40,8 @@ import torch
 from scipy import special
 from torch import nn
 
-from calipers.calibrate.pit import PITRecalibrator, grid_cdf
+from calipers.calibrate.pit import PITRecalibrator
+from calipers.validate.cdf import remap_pdfs
 
 
 @dataclass
@@ -210,10 +211,9 @@ class LocalPITRecalibrator:
         return out
 
     def transform_pdfs(self, pdfs: np.ndarray, zgrid: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Recalibrated densities on the same grid, normalised."""
-        new_cdf = self.transform_cdf(grid_cdf(pdfs, zgrid), features)
-        dens = np.clip(np.gradient(new_cdf, zgrid, axis=1), 0, None)
-        return dens / np.trapezoid(dens, zgrid, axis=1)[:, None]
+        """Recalibrated densities g(F(z) | x) f(z) on the same grid, normalised
+        (:func:`calipers.validate.cdf.remap_pdfs`)."""
+        return remap_pdfs(pdfs, zgrid, lambda cdf: self.transform_cdf(cdf, features))
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> tuple[dict, dict]:

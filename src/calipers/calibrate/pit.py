@@ -3,7 +3,10 @@
 If a model's PIT values on held-out data have CDF G (not the identity), the recalibrated CDF
 ``G(F(z))`` has uniform PIT on data like the calibration set. G is estimated by a monotone
 piecewise-linear interpolation of the empirical PIT quantiles, pinned at (0, 0) and (1, 1), so
-the recalibrated density ``g(F(z)) f(z)`` stays non-negative and normalised.
+the recalibrated density ``g(F(z)) f(z)`` stays non-negative and normalised. F is the exact CDF
+of the piecewise-linear gridded pdf (:mod:`calipers.validate.cdf`), the same CDF the PIT the
+calibrator is fitted on and judged by is computed with: a perfectly calibrated model is left as
+it is, up to the sampling noise of its calibration set.
 """
 from __future__ import annotations
 
@@ -11,16 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def grid_cdf(pdfs: np.ndarray, zgrid: np.ndarray) -> np.ndarray:
-    """Normalised CDFs (trapezoid rule) of densities on a grid: (n, m), from 0 to 1."""
-    inc = 0.5 * (pdfs[:, 1:] + pdfs[:, :-1]) * np.diff(zgrid)[None, :]
-    cdf = np.concatenate([np.zeros((len(pdfs), 1)), np.cumsum(inc, axis=1)], axis=1)
-    total = cdf[:, -1:]
-    if np.any(total <= 0) or not np.all(np.isfinite(total)):
-        bad = np.flatnonzero(~(np.isfinite(total[:, 0]) & (total[:, 0] > 0)))
-        raise ValueError(f"{bad.size} p(z) row(s) do not normalise on the grid (first: row {bad[0]})")
-    return cdf / total
+from calipers.validate.cdf import grid_cdf, remap_pdfs  # noqa: F401 - grid_cdf re-exported for callers
 
 
 @dataclass
@@ -63,11 +57,9 @@ class PITRecalibrator:
         return np.interp(cdf, self.knots_pit, self.knots_g)
 
     def transform_pdfs(self, pdfs: np.ndarray, zgrid: np.ndarray) -> np.ndarray:
-        """Recalibrated densities on the same grid, normalised."""
-        new_cdf = self.transform_cdf(grid_cdf(pdfs, zgrid))
-        dens = np.gradient(new_cdf, zgrid, axis=1)
-        dens = np.clip(dens, 0, None)
-        return dens / np.trapezoid(dens, zgrid, axis=1)[:, None]
+        """Recalibrated densities g(F(z)) f(z) on the same grid, normalised
+        (:func:`calipers.validate.cdf.remap_pdfs`)."""
+        return remap_pdfs(pdfs, zgrid, self.transform_cdf)
 
     def to_dict(self) -> dict:
         return {"kind": "PITRecalibrator", "n_knots": self.n_knots, "knots_pit": self.knots_pit.tolist(),

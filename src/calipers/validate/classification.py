@@ -49,17 +49,11 @@ def interval_probabilities(pdfs: np.ndarray, zgrid: np.ndarray, edges) -> np.nda
     edges = np.asarray(edges, dtype=float)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"edges must be strictly increasing with at least 2 values, got {edges.tolist()}")
-    from calipers.calibrate.pit import grid_cdf
+    from calipers.validate.cdf import cdf_at, grid_cdf
 
     cdf = grid_cdf(pdfs, zgrid)
-    at = np.stack([_interp_columns(cdf, zgrid, e) for e in edges], axis=1)
+    at = np.stack([cdf_at(pdfs, zgrid, np.full(len(pdfs), e), cdf) for e in edges], axis=1)
     return np.clip(np.diff(at, axis=1), 0.0, 1.0)
-
-
-def _interp_columns(cdf: np.ndarray, zgrid: np.ndarray, x: float) -> np.ndarray:
-    j = int(np.clip(np.searchsorted(zgrid, x), 1, len(zgrid) - 1))
-    w = float(np.clip((x - zgrid[j - 1]) / (zgrid[j] - zgrid[j - 1]), 0.0, 1.0))
-    return (1 - w) * cdf[:, j - 1] + w * cdf[:, j]
 
 
 def interval_outcomes(ztrue: np.ndarray, edges) -> np.ndarray:

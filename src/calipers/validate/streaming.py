@@ -6,7 +6,9 @@ process. :class:`PZMetricAccumulator` keeps, for each chunk it has seen, only
 - integer histograms: the PIT on a fine grid (``pit_bins`` bins), the normalised residual
   dz/(1+z) of the grid mode (``dz_bins`` bins over ``dz_range`` plus under/overflow), and the
   interval-probability reliability bins;
-- per-chunk floating-point partial sums (CDE-loss terms, CRPS, reliability confidences).
+- per-chunk floating-point partial sums (CDE-loss terms, CRPS, reliability confidences), all
+  computed with the one CDF convention of :mod:`calipers.validate.cdf`;
+- counts of truths outside the grid (their PIT is 0 or 1 and their density 0).
 
 Merging accumulators concatenates their per-chunk partials; :meth:`result` adds them with
 :func:`math.fsum`, which is exactly rounded and so independent of the order. Chunks are keyed
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calipers.validate.classification import interval_outcomes, interval_probabilities
-from calipers.validate.metrics import _cdf, _interp_rows, pit_values
+from calipers.validate.cdf import crps_values, grid_cdf, outside_grid, pdf_at
+from calipers.validate.metrics import pit_values
 
 
 @dataclass
@@ -44,6 +47,8 @@ class PZMetricAccumulator:
     dz_bins: int = 100_000
     n: int = 0
     n_invalid: int = 0
+    n_below: int = 0  # valid rows whose truth lies below the grid (PIT 0, density 0)
+    n_above: int = 0  # ... above the grid (PIT 1, density 0)
     pit_counts: np.ndarray = field(default=None, repr=False)
     dz_counts: np.ndarray = field(default=None, repr=False)  # [underflow, bins..., overflow]
     rel_counts: np.ndarray = field(default=None, repr=False)
@@ -81,11 +86,13 @@ class PZMetricAccumulator:
             return
         p, z = pdfs[ok], ztrue[ok]
         g = self.zgrid
+        cdf = grid_cdf(p, g)
         pit = pit_values(p, g, z)
         self.pit_counts += np.bincount(self._pit_index(pit), minlength=self.pit_bins)
-        step = (g[None, :] >= z[:, None]).astype(float)
-        sums = [np.trapezoid(p ** 2, g, axis=1).sum(), _interp_rows(p, g, z).sum(),
-                np.trapezoid((_cdf(p, g) - step) ** 2, g, axis=1).sum()]
+        below, above = outside_grid(z, g)
+        self.n_below += int(below.sum())
+        self.n_above += int(above.sum())
+        sums = [np.trapezoid(p ** 2, g, axis=1).sum(), pdf_at(p, g, z).sum(), crps_values(p, g, z, cdf).sum()]
         dzn = (g[np.argmax(p, axis=1)] - z) / (1 + z)
         self.dz_counts += np.bincount(self._dz_index(dzn), minlength=self.dz_bins + 2)
         prob = interval_probabilities(p, g, self.reliability_edges).ravel()
@@ -117,6 +124,8 @@ class PZMetricAccumulator:
             raise ValueError(f"chunks {sorted(dup)[:5]} were added on both sides")
         self.n += other.n
         self.n_invalid += other.n_invalid
+        self.n_below += other.n_below
+        self.n_above += other.n_above
         self.pit_counts += other.pit_counts
         self.dz_counts += other.dz_counts
         self.rel_counts += other.rel_counts
@@ -167,7 +176,8 @@ class PZMetricAccumulator:
     def result(self) -> dict:
         """Every metric, with the NaN policy: invalid rows are counted, never zero-filled."""
         m = self.n - self.n_invalid
-        out = {"n": int(self.n), "n_invalid": int(self.n_invalid)}
+        out = {"n": int(self.n), "n_invalid": int(self.n_invalid), "n_truth_below_grid": int(self.n_below),
+               "n_truth_above_grid": int(self.n_above)}
         if m == 0:
             raise ValueError("no valid rows: every p(z) or true redshift is non-finite")
         out["cde_loss"] = (self._sum(0) - 2 * self._sum(1)) / m
