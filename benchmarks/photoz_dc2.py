@@ -89,12 +89,15 @@ def score(ens, ztrue) -> dict:
     return {k: round(float(v), 5) for k, v in m.items()}
 
 
-def calipers_run(work: str, config: str, ztrue: np.ndarray, n_test: int) -> dict:
+def calipers_run(work: str, config: str, ztrue: np.ndarray, n_test: int, trained: str | None = None) -> dict:
     import qp
 
-    model, pz = os.path.join(work, "model"), os.path.join(work, "pz.hdf5")
+    model, pz = trained or os.path.join(work, "model"), os.path.join(work, "pz.hdf5")
     py = [sys.executable, "-m", "calipers"]
-    train_s, _ = run_measured(py + ["PZInform", f"--training_catalog={TRAIN}", f"--config={config}", f"--model={model}"])
+    train_s = float("nan")
+    if trained is None:
+        train_s, _ = run_measured(py + ["PZInform", f"--training_catalog={TRAIN}", f"--config={config}",
+                                        f"--model={model}"])
     est_s, rss = run_measured(py + ["PZEstimate", f"--model={model}", f"--catalog={TEST}", f"--config={config}", f"--pz={pz}"])
     ens = qp.read(pz)
     assert ens.npdf == n_test, (ens.npdf, n_test)
@@ -104,7 +107,7 @@ def calipers_run(work: str, config: str, ztrue: np.ndarray, n_test: int) -> dict
     return out
 
 
-def calipers_scale(work: str, config: str, rows: int) -> list[dict]:
+def calipers_scale(work: str, config: str, rows: int, model: str) -> list[dict]:
     """Throughput on a resampled catalog: with every point estimate, and with none (qp only)."""
     import yaml
     from make_big_catalog import make_catalog
@@ -116,7 +119,7 @@ def calipers_scale(work: str, config: str, rows: int) -> list[dict]:
     bare = os.path.join(work, "no_point_estimates.yml")
     with open(bare, "w") as fh:
         yaml.safe_dump(cfg, fh)
-    model, pz = os.path.join(work, "model"), os.path.join(work, "pz_big.hdf5")
+    pz = os.path.join(work, "pz_big.hdf5")
     out = []
     for label, cfg_path in (("with_point_estimates", config), ("qp_only", bare)):
         est_s, rss = run_measured([sys.executable, "-m", "calipers", "PZEstimate", f"--model={model}",
@@ -164,6 +167,8 @@ def main() -> None:
     p.add_argument("--codes", nargs="+", default=["calipers", "knn", "flexzboost"])
     p.add_argument("--config", default=os.path.join(ROOT, "stages", "photoz.yml"))
     p.add_argument("--scale-rows", type=int, default=1_000_000, help="rows for the throughput run (0 = skip)")
+    p.add_argument("--model", default=None, help="score this trained calipers model instead of training one "
+                   "(train_s is then not measured)")
     a = p.parse_args()
 
     from calipers.core.catalog import read_columns
@@ -174,11 +179,12 @@ def main() -> None:
     os.chdir(work)
     results = {}
     for code in a.codes:
-        r = calipers_run(work, config, ztrue, len(ztrue)) if code == "calipers" else rail_run(code, ztrue)
+        r = (calipers_run(work, config, ztrue, len(ztrue), a.model and os.path.abspath(a.model)) if code == "calipers"
+             else rail_run(code, ztrue))
         results[code] = r
         print(json.dumps(r), flush=True)
     if "calipers" in results and a.scale_rows > 0:
-        for r in calipers_scale(work, config, a.scale_rows):
+        for r in calipers_scale(work, config, a.scale_rows, os.path.abspath(a.model) if a.model else os.path.join(work, "model")):
             for code, peer in results.items():
                 if code != "calipers":
                     r[f"ratio_vs_{code}"] = round(r["galaxies_per_s"] / peer["galaxies_per_s"], 1)
