@@ -99,12 +99,12 @@ class ConformalPredictiveDistribution:
 
     def transform_pdfs(self, pdfs: np.ndarray, zgrid: np.ndarray) -> np.ndarray:
         """Densities of Q on the grid: the base density times the slope of Q over the grid cells
-        around each point (:func:`calipers.validate.cdf.remap_pdfs`), renormalised on the grid.
+        around each point (:func:`calipers.gridpdf.remap_pdfs`), renormalised on the grid.
 
         On a grid, Q's steps of 1/(n+1) are averaged over the CDF range of two grid cells, so
         the gridded distribution is a smoothed Q: its PIT is uniform up to that resolution and
         the sampling noise of the calibration set, not exactly."""
-        from calipers.validate.cdf import remap_pdfs
+        from calipers.gridpdf import remap_pdfs
 
         return remap_pdfs(pdfs, zgrid, self.transform_cdf)
 

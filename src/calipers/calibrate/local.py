@@ -41,7 +41,7 @@ from scipy import special
 from torch import nn
 
 from calipers.calibrate.pit import PITRecalibrator
-from calipers.validate.cdf import remap_pdfs
+from calipers.gridpdf import remap_pdfs
 
 
 @dataclass
@@ -212,7 +212,7 @@ class LocalPITRecalibrator:
 
     def transform_pdfs(self, pdfs: np.ndarray, zgrid: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Recalibrated densities g(F(z) | x) f(z) on the same grid, normalised
-        (:func:`calipers.validate.cdf.remap_pdfs`)."""
+        (:func:`calipers.gridpdf.remap_pdfs`)."""
         return remap_pdfs(pdfs, zgrid, lambda cdf: self.transform_cdf(cdf, features))
 
     # ------------------------------------------------------------------ persistence

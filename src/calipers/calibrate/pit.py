@@ -4,7 +4,7 @@ If a model's PIT values on held-out data have CDF G (not the identity), the reca
 ``G(F(z))`` has uniform PIT on data like the calibration set. G is estimated by a monotone
 piecewise-linear interpolation of the empirical PIT quantiles, pinned at (0, 0) and (1, 1), so
 the recalibrated density ``g(F(z)) f(z)`` stays non-negative and normalised. F is the exact CDF
-of the piecewise-linear gridded pdf (:mod:`calipers.validate.cdf`), the same CDF the PIT the
+of the piecewise-linear gridded pdf (:mod:`calipers.gridpdf`), the same CDF the PIT the
 calibrator is fitted on and judged by is computed with: a perfectly calibrated model is left as
 it is, up to the sampling noise of its calibration set.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calipers.validate.cdf import grid_cdf, remap_pdfs  # noqa: F401 - grid_cdf re-exported for callers
+from calipers.gridpdf import grid_cdf, remap_pdfs  # noqa: F401 - grid_cdf re-exported for callers
 
 
 @dataclass
@@ -58,7 +58,7 @@ class PITRecalibrator:
 
     def transform_pdfs(self, pdfs: np.ndarray, zgrid: np.ndarray) -> np.ndarray:
         """Recalibrated densities g(F(z)) f(z) on the same grid, normalised
-        (:func:`calipers.validate.cdf.remap_pdfs`)."""
+        (:func:`calipers.gridpdf.remap_pdfs`)."""
         return remap_pdfs(pdfs, zgrid, self.transform_cdf)
 
     def to_dict(self) -> dict:

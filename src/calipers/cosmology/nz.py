@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calipers.gridpdf import inverse_cdf
+
 METHODS = ("bootstrap", "sample", "both")
 
 
@@ -88,10 +90,6 @@ class NZAccumulator:
             raise ValueError(f"p(z) negative or not finite in {rows.size} binned row(s), first at row {start + rows[0]}")
         p = _normalise_rows(p, self.zgrid)
         rng = np.random.default_rng([self.seed, start])
-        if self.method != "bootstrap":
-            cdf = np.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * np.diff(self.zgrid), axis=1)
-            cdf = np.concatenate([np.zeros((len(p), 1)), cdf], axis=1)
-            cdf /= np.where(cdf[:, -1:] > 0, cdf[:, -1:], 1.0)
         for b in range(self.n_bins):
             sel = np.flatnonzero(bins == b)
             if sel.size == 0:
@@ -108,9 +106,7 @@ class NZAccumulator:
                 self.real_sums[:, b] += w @ pb
                 continue
             u = rng.random((self.n_realizations, sel.size))
-            draws = np.empty_like(u)
-            for j, row in enumerate(sel):  # inverse CDF of each galaxy's p(z)
-                draws[:, j] = np.interp(u[:, j], cdf[row], self.zgrid)
+            draws = inverse_cdf(pb, self.zgrid, u.T).T  # one redshift per galaxy from its (piecewise-linear) p(z)
             dz = self.zgrid[1] - self.zgrid[0]
             for r in range(self.n_realizations):
                 self.real_sums[r, b] += _deposit(draws[r], w[r], self.zgrid) / dz

@@ -49,7 +49,7 @@ def interval_probabilities(pdfs: np.ndarray, zgrid: np.ndarray, edges) -> np.nda
     edges = np.asarray(edges, dtype=float)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"edges must be strictly increasing with at least 2 values, got {edges.tolist()}")
-    from calipers.validate.cdf import cdf_at, grid_cdf
+    from calipers.gridpdf import cdf_at, grid_cdf
 
     cdf = grid_cdf(pdfs, zgrid)
     at = np.stack([cdf_at(pdfs, zgrid, np.full(len(pdfs), e), cdf) for e in edges], axis=1)

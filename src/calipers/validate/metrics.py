@@ -1,7 +1,7 @@
 """p(z) metrics on a common redshift grid.
 
 Every ensemble is evaluated on the grid and its pdf taken as piecewise linear; the PIT, coverage,
-CRPS, CDE loss and quantiles are then exact for that pdf (:mod:`calipers.validate.cdf`, the one CDF
+CRPS, CDE loss and quantiles are then exact for that pdf (:mod:`calipers.gridpdf`, the one CDF
 convention of calipers). The PIT, coverage and CDE loss equal the neutral benchmark metric's
 (``benchmarks/pzmetrics.py``) on the same inputs; its CRPS integrates (F - H)^2 with the
 trapezoid rule on the grid, with the step H taken at grid points, ours exactly (closer to the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from calipers.validate.cdf import cdf_at, crps_values, grid_quantiles, outside_grid, pdf_at
+from calipers.gridpdf import cdf_at, crps_values, grid_quantiles, outside_grid, pdf_at
 
 ZGRID = np.linspace(0.0, 3.0, 601)
 
@@ -51,7 +51,7 @@ def grid_pdfs(ens, zgrid: np.ndarray = ZGRID, chunk: int = 2000) -> tuple[np.nda
 
 def pit_values(pdfs: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> np.ndarray:
     """Probability integral transform: each row's exact CDF (piecewise-linear pdf) at its true
-    redshift; 0 or 1 for a truth below or above the grid (:mod:`calipers.validate.cdf`)."""
+    redshift; 0 or 1 for a truth below or above the grid (:mod:`calipers.gridpdf`)."""
     return cdf_at(pdfs, zgrid, ztrue)
 
 
@@ -80,7 +80,7 @@ def crps(pdfs: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> float:
 
 def cde_loss(pdfs: np.ndarray, zgrid: np.ndarray, ztrue: np.ndarray) -> float:
     """Conditional density estimation loss: mean int p^2 dz - 2 mean p(z_true) (lower is better);
-    int p^2 dz by the trapezoid rule on the grid (see :mod:`calipers.validate.cdf`), p(z_true)
+    int p^2 dz by the trapezoid rule on the grid (see :mod:`calipers.gridpdf`), p(z_true)
     interpolated, 0 for a truth outside the grid."""
     return float(np.mean(np.trapezoid(pdfs ** 2, zgrid, axis=1)) - 2 * np.mean(pdf_at(pdfs, zgrid, ztrue)))
 
@@ -119,7 +119,7 @@ def pz_metrics(ens, ztrue: np.ndarray, zgrid: np.ndarray = ZGRID, levels=(0.68, 
 def grid_point_estimates(pdfs: np.ndarray, zgrid: np.ndarray, which) -> dict[str, np.ndarray]:
     """RAIL-style point estimates of densities on a grid: ``zmode`` (grid argmax), ``zmean``,
     ``zmedian`` and the central 68% interval ``zlo68``/``zhi68`` (exact quantiles of the
-    piecewise-linear pdf, :func:`calipers.validate.cdf.grid_quantiles`)."""
+    piecewise-linear pdf, :func:`calipers.gridpdf.grid_quantiles`)."""
     p = np.atleast_2d(np.asarray(pdfs, dtype=float))
     out: dict[str, np.ndarray] = {}
     probs = {"zmedian": 0.5, "zlo68": 0.16, "zhi68": 0.84}

@@ -7,7 +7,7 @@ process. :class:`PZMetricAccumulator` keeps, for each chunk it has seen, only
   dz/(1+z) of the grid mode (``dz_bins`` bins over ``dz_range`` plus under/overflow), and the
   interval-probability reliability bins;
 - per-chunk floating-point partial sums (CDE-loss terms, CRPS, reliability confidences), all
-  computed with the one CDF convention of :mod:`calipers.validate.cdf`;
+  computed with the one CDF convention of :mod:`calipers.gridpdf`;
 - counts of truths outside the grid (their PIT is 0 or 1 and their density 0).
 
 Merging accumulators concatenates their per-chunk partials; :meth:`result` adds them with
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calipers.validate.classification import interval_outcomes, interval_probabilities
-from calipers.validate.cdf import crps_values, grid_cdf, outside_grid, pdf_at
+from calipers.gridpdf import crps_values, grid_cdf, outside_grid, pdf_at
 from calipers.validate.metrics import pit_values
 
 

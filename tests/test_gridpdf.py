@@ -1,11 +1,12 @@
-"""The one CDF convention (calipers.validate.cdf) against exact analytic cases."""
+"""The one CDF convention (calipers.gridpdf) against exact analytic cases."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from calipers.validate.cdf import cdf_at, crps_values, grid_cdf, grid_quantiles, outside_grid, pdf_at, remap_pdfs
+from calipers.gridpdf import (cdf_at, crps_values, grid_cdf, grid_quantiles, inverse_cdf, outside_grid, pdf_at,
+                              remap_pdfs)
 
 COARSE = np.linspace(0.0, 3.0, 61)
 FINE = np.linspace(0.0, 3.0, 601)
@@ -135,3 +136,16 @@ def test_quantile_inverts_cdf(values, u):
     # the CDF is monotone and runs from 0 to 1
     c = cdf_at(np.repeat(pdf, 50, axis=0), zgrid, np.linspace(-0.1, 1.1, 50))
     assert np.all(np.diff(c) >= -1e-12) and c[0] == 0 and c[-1] == 1
+
+
+def test_inverse_cdf_samples_the_piecewise_linear_pdf():
+    # draws from a triangle p(z) (exactly piecewise linear on the grid) follow the triangle law
+    zgrid = np.linspace(0.0, 3.0, 13)
+    pdf = np.clip(2 - 4 * np.abs(zgrid - 1.5), 0, None)[None, :]
+    u = np.random.default_rng(0).random((1, 20_000))
+    draws = inverse_cdf(pdf, zgrid, u)[0]
+    tri = stats.triang(c=0.5, loc=1.0, scale=1.0)
+    np.testing.assert_allclose(tri.cdf(draws), u[0], atol=1e-12)  # exact inversion, not only in law
+    assert stats.kstest(draws, tri.cdf).pvalue > 0.01
+    with pytest.raises(ValueError, match="one row per p"):
+        inverse_cdf(pdf, zgrid, u[0])

@@ -2,8 +2,9 @@
 
 A density given at the points of a redshift grid ``zgrid`` (rows of ``pdfs``, shape (n, m)) is
 taken to be **linear between grid points and zero outside the grid**. Everything that needs a
-CDF - the PIT, coverage, CRPS, interval probabilities, quantiles, every calibrator and the
-streaming gate - uses the functions of this module, so that a metric and the calibrator that is
+CDF - the PIT, coverage, CRPS, interval probabilities, quantiles, sampling from a p(z), every
+calibrator, the streaming gate and the benchmarks - uses the functions of this module (which
+imports nothing but numpy, so that every layer of calipers can), so that a metric and the calibrator that is
 judged by it can never disagree about where a truth falls in its distribution.
 
 For a piecewise-linear pdf the CDF is exact and cheap:
@@ -164,28 +165,39 @@ def crps_values(pdfs: np.ndarray, zgrid: np.ndarray, z: np.ndarray, cdf: np.ndar
 
 
 def grid_quantiles(pdfs: np.ndarray, zgrid: np.ndarray, probs, cdf: np.ndarray | None = None) -> np.ndarray:
-    """Exact quantiles of each row's piecewise-linear pdf: (n, len(probs)).
+    """Exact quantiles of each row's piecewise-linear pdf at the same ``probs``: (n, len(probs))."""
+    probs = np.atleast_1d(np.asarray(probs, dtype=float))
+    n = len(np.atleast_2d(pdfs))
+    return inverse_cdf(pdfs, zgrid, np.broadcast_to(probs, (n, len(probs))), cdf)
+
+
+def inverse_cdf(pdfs: np.ndarray, zgrid: np.ndarray, u: np.ndarray, cdf: np.ndarray | None = None) -> np.ndarray:
+    """Exact inverse CDF of each row's piecewise-linear pdf at its own probabilities ``u`` (n, k).
 
     Inverts the quadratic CDF of the cell that holds each probability (the root of
     ``p_i t + (p_{i+1} - p_i) t^2 / (2h) = (u - F_i) * norm`` in the numerically stable form).
+    With ``u`` uniform this draws redshifts from the p(z) themselves (inverse-transform sampling).
     """
     zgrid = _check_grid(zgrid)
     pdfs = np.atleast_2d(np.asarray(pdfs, dtype=float))
-    probs = np.atleast_1d(np.asarray(probs, dtype=float))
-    if np.any((probs < 0) | (probs > 1)):
-        raise ValueError(f"probabilities must lie in [0, 1], got {probs.tolist()}")
+    u = np.asarray(u, dtype=float)
+    if u.ndim != 2 or len(u) != len(pdfs):
+        raise ValueError(f"u must be (n, k) with one row per p(z), got shape {u.shape} for {len(pdfs)} p(z)")
+    if np.any(~((u >= 0) & (u <= 1))):
+        raise ValueError("probabilities must lie in [0, 1]")
     if cdf is None:
         cdf = grid_cdf(pdfs, zgrid)
     norm = np.trapezoid(pdfs, zgrid, axis=1)
     rows = np.arange(len(pdfs))
-    out = np.empty((len(pdfs), len(probs)))
-    for k, u in enumerate(probs):
+    out = np.empty(u.shape)
+    for k in range(u.shape[1]):
+        uk = u[:, k]
         # last grid point with F <= u, as the start of a cell (flat cells are skipped this way)
-        i = np.clip(np.sum(cdf <= u, axis=1) - 1, 0, len(zgrid) - 2)
+        i = np.clip(np.sum(cdf <= uk[:, None], axis=1) - 1, 0, len(zgrid) - 2)
         h = zgrid[i + 1] - zgrid[i]
         p0, p1 = pdfs[rows, i] / norm, pdfs[rows, i + 1] / norm
         a = 0.5 * (p1 - p0) / h
-        c = np.clip(u - cdf[rows, i], 0.0, None)
+        c = np.clip(uk - cdf[rows, i], 0.0, None)
         disc = np.sqrt(np.maximum(p0 * p0 + 4 * a * c, 0.0))
         denom = p0 + disc
         with np.errstate(divide="ignore", invalid="ignore"):
