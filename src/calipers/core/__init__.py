@@ -3,8 +3,11 @@ from calipers.core.errors import (
     CalipersError,
     CatalogError,
     ConfigError,
+    FileFormatError,
     GateFailed,
     ModelMismatchError,
+    OutputLocked,
 )
 
-__all__ = ["CalipersError", "CatalogError", "ConfigError", "GateFailed", "ModelMismatchError"]
+__all__ = ["CalipersError", "CatalogError", "ConfigError", "FileFormatError", "GateFailed", "ModelMismatchError",
+           "OutputLocked"]

@@ -17,6 +17,19 @@ class ModelMismatchError(CalipersError, ValueError):
     """A saved model does not fit the data it is applied to (e.g. different bands)."""
 
 
+class FileFormatError(CalipersError, ValueError):
+    """A file cannot be read as what it should be (truncated, corrupt, another kind of file)."""
+
+
+class OutputLocked(CalipersError):
+    """Another live run holds the lock on an output directory or output."""
+
+
+class ModelFileError(ModelMismatchError, FileFormatError):
+    """A model directory's file is unreadable, truncated, or was modified after it was written
+    (its checksum does not match); the message names the file."""
+
+
 class GateFailed(CalipersError):
     """A validation gate rejected its input; the message lists each failed check."""
 

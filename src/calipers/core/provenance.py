@@ -52,14 +52,34 @@ def write_provenance_hdf5(h5file, provenance: dict[str, str]) -> None:
         group.attrs[key] = value
 
 
-def read_provenance(path: str) -> dict[str, str]:
-    """Read provenance back from an HDF5 output or a directory output's ``provenance.json``."""
-    if os.path.isdir(path):
-        with open(os.path.join(path, "provenance.json")) as f:
-            return json.load(f)
-    import h5py
+PROVENANCE_JSON = "provenance.json"
 
-    with h5py.File(path, "r") as f:
+
+def write_provenance_json(directory: str, provenance: dict[str, str]) -> str:
+    """Write the provenance of a directory output (model, calibrator) as ``provenance.json``."""
+    path = os.path.join(directory, PROVENANCE_JSON)
+    with open(path, "w") as fh:
+        json.dump(provenance, fh, indent=2)
+    return path
+
+
+def read_provenance(path: str) -> dict[str, str]:
+    """Read provenance back from an HDF5 output or a directory output's ``provenance.json``
+    ({} when the output carries none)."""
+    if os.path.isdir(path):
+        file = os.path.join(path, PROVENANCE_JSON)
+        if not os.path.exists(file):
+            return {}
+        with open(file) as f:
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as err:
+                from calipers.core.errors import FileFormatError
+
+                raise FileFormatError(f"{file}: not valid JSON ({err})") from err
+    from calipers.core.catalog import open_hdf5
+
+    with open_hdf5(path) as f:
         if "provenance" not in f:
             return {}
         return {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f["provenance"].attrs.items()}

@@ -6,11 +6,20 @@ import json
 import os
 
 
+def _close(fig) -> None:
+    """Release a figure: pyplot-managed figures are closed there, plain ``Figure`` objects
+    (what :mod:`calipers.validate.plots` draws) are simply cleared."""
+    import sys
+
+    plt = sys.modules.get("matplotlib.pyplot")  # never import pyplot just to close a figure
+    if plt is not None:
+        plt.close(fig)  # a no-op for a figure pyplot does not manage
+    fig.clear()
+
+
 def write_report(directory: str, title: str, summary: dict, checks: list, figures: dict,
                  provenance: dict | None = None) -> str:
     """Write a report directory; ``figures`` maps a file stem to a matplotlib Figure."""
-    import matplotlib.pyplot as plt
-
     os.makedirs(directory, exist_ok=True)
     passed = all(c.passed for c in checks)
     payload = {"title": title, "passed": passed, "checks": [c.to_dict() for c in checks],
@@ -19,7 +28,7 @@ def write_report(directory: str, title: str, summary: dict, checks: list, figure
         json.dump(payload, fh, indent=2, default=float)
     for stem, fig in figures.items():
         fig.savefig(os.path.join(directory, f"{stem}.png"), dpi=110)
-        plt.close(fig)
+        _close(fig)
     rows = "\n".join(
         f"<tr class='{'ok' if c.passed else 'bad'}'><td>{html.escape(c.name)}</td><td>{c.value:.5g}</td>"
         f"<td>{html.escape(c.describe().split(': needs ')[1].rsplit(' -> ', 1)[0])}</td>"

@@ -4,10 +4,17 @@ What every calipers stage gets from :class:`CalipersStage`:
 
 - **strict configuration**: a key in the stage's section of the config file, or on the
   command line, that the stage does not declare is an error naming the key and the closest
-  valid one (ceci itself silently keeps unknown keys);
+  valid one (ceci itself silently keeps unknown keys); every value is type-checked before ceci
+  casts it (:func:`check_option_value`: ``"no"`` is not a bool, 500.7 not an int, a string not a
+  list), and a config file without the stage's section but with a section of a close name
+  (a misspelling) is an error naming both. ``calipers check`` accepts exactly the keys a stage
+  run accepts (:data:`CECI_KEYS`, :func:`section_keys`, :func:`global_keys`);
 - ``seed`` and, for training stages, ``device`` handling;
 - **atomic outputs**: ceci writes to ``inprogress_<name>`` and renames at the end; if the stage
-  fails, calipers deletes the in-progress outputs so no half file is left behind;
+  fails, calipers deletes the in-progress outputs so no half file is left behind; a declared
+  output the stage did not write is an error (ceci only warns);
+- **locks**: rank 0 locks each output (and refuses to start in a directory a live ``calipers
+  run`` of another run holds) until the outputs have their final names (:mod:`calipers.core.lock`);
 - **provenance**: calipers version, stage, config and input-file hashes (:meth:`provenance`);
 - chunked catalog iteration split over MPI ranks (:meth:`iter_catalog`);
 - ``pkg://package/path`` inputs resolved to files shipped inside installed packages.
@@ -32,18 +39,109 @@ from ceci.config import StageParameter
 
 from calipers.core import catalog as _catalog
 from calipers.core.atomic import remove_path
-from calipers.core.errors import ConfigError
+from calipers.core.errors import CalipersError, ConfigError
 from calipers.core.paths import resolve_path
 from calipers.core.provenance import make_provenance
 
 log = logging.getLogger(__name__)
 
-# keys ceci itself puts into a stage's arguments or config section
+# ceci's own keys: what ceci puts into a stage's arguments (command line, make_stage) and what a
+# pipeline file holds per stage or at its top level. Stage runs (CalipersStage.read_config) and
+# ``calipers check`` accept exactly these besides each stage's options and tags.
 CECI_KEYS = frozenset({
+    # stage arguments
     "config", "name", "mpi", "pdb", "cprofile", "memmon", "trace", "stage_name", "aliases", "comm",
-    "classname", "module_name", "nprocess", "threads_per_process", "nodes", "mem_per_process",
-    "site", "image", "volume", "python_paths", "output_dir", "log_dir", "resume",
+    # per-stage entries of a pipeline file
+    "classname", "module_name", "nprocess", "threads_per_process", "nodes", "mem_per_process", "image", "volume",
+    # top level of a pipeline file
+    "site", "python_paths", "output_dir", "log_dir", "resume", "inputs", "modules", "launcher", "pipeline_log",
 })
+
+
+def section_keys(cls, aliases: dict | None = None) -> set[str]:
+    """Every key allowed in the config section of a stage of class ``cls``: its options, its input
+    and output tags (and their aliases) and :data:`CECI_KEYS`."""
+    tags = {t for t, _ in cls.inputs} | {t for t, _ in cls.outputs}
+    return set(cls.config_options) | tags | set((aliases or {}).values()) | CECI_KEYS
+
+
+def global_keys(classes=None) -> set[str]:
+    """Every key allowed in the ``global`` section: an option or tag of some stage (default: every
+    registered calipers stage) or a ceci key."""
+    if classes is None:
+        classes = [PipelineStage.pipeline_stages[n][0] for n in CalipersStage.registered()]
+    everyone = set(CECI_KEYS)
+    for cls in classes:
+        everyone |= set(cls.config_options) | {t for t, _ in cls.inputs} | {t for t, _ in cls.outputs}
+    return everyone
+
+
+def _type_name(dtype) -> str:
+    return {bool: "a boolean (true or false, unquoted)", int: "a whole number", float: "a number",
+            str: "a string", list: "a list (e.g. [a, b])", dict: "a mapping"}.get(dtype, dtype.__name__)
+
+
+def check_option_value(stage: str, key: str, dtype, value, where: str):
+    """Check one raw config value against its declared type before ceci casts it; return the
+    value to use.
+
+    ceci casts with the type's constructor, which turns ``"no"`` into True, 500.7 into 500 and a
+    string ``bands: ugr`` into ``['u', 'g', 'r']``. Here: a bool must be a real boolean; an int a
+    whole number (an integral float such as 1.0e5 is accepted), never a string; a float any real
+    number, or a string that reads as one (YAML 1.1 reads ``1e-3`` without a dot as a string); a
+    str a string; a list a list or tuple, never a string; a dict a mapping. None means "unset".
+
+    Raises
+    ------
+    ConfigError
+        Naming the stage, the key, the value, its type and where it was given.
+    """
+    import numbers
+
+    if value is None or dtype is None:
+        return value
+
+    def bad(why: str = ""):
+        raise ConfigError(f"stage {stage}: config '{key}' = {value!r} ({type(value).__name__}, in {where}) must be "
+                          f"{_type_name(dtype)}{why}")
+
+    is_bool = isinstance(value, (bool, np.bool_))
+    if dtype is bool:
+        if not is_bool:
+            bad("; quoted words such as 'no' or 'false' are strings")
+        return bool(value)
+    if dtype is int:
+        if is_bool or isinstance(value, str):
+            bad()
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)
+        bad(" (it would be truncated)" if isinstance(value, numbers.Real) else "")
+    if dtype is float:
+        if is_bool:
+            bad()
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                bad()
+        bad()
+    if dtype is str:
+        if not isinstance(value, str):
+            bad(" (quote it if it is meant as text)")
+        return value
+    if dtype is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        bad("; a single string is not a list" if isinstance(value, str) else "")
+    if dtype is dict:
+        if not isinstance(value, dict):
+            bad()
+        return value
+    return value
 
 
 def Param(dtype, default=None, msg: str = "", required: bool | None = None) -> StageParameter:
@@ -97,14 +195,15 @@ class CalipersStage(PipelineStage):
         section = overall.get(self.instance_name, {})
         if not isinstance(section, dict):
             raise ConfigError(f"config section '{self.instance_name}' must be a mapping, got {type(section).__name__}")
+        self._check_section_name(overall)
+        self._check_types(overall, section, args)
         original = self._inputs["config"]
         self._inputs["config"] = copy.deepcopy(overall)  # ceci accepts the parsed dict (and mutates it)
         try:
             super().read_config(args)
         finally:
             self._inputs["config"] = original
-        tags = set(self.input_tags()) | set(self.output_tags())
-        known = set(self.config_options) | tags | {self.get_aliased_tag(t) for t in tags} | CECI_KEYS
+        known = section_keys(type(self), self.get_aliases())
         unknown: dict[str, str] = {}
         for k in section:
             if k not in known:
@@ -114,10 +213,7 @@ class CalipersStage(PipelineStage):
             if v is not None and k not in known and k not in shared:
                 unknown.setdefault(k, "arguments")
         # 'global' options are shared: each must be known to some calipers stage
-        everyone = set(CECI_KEYS)
-        for name in self.registered():
-            cls = PipelineStage.pipeline_stages[name][0]
-            everyone |= set(cls.config_options) | set(cls.input_tags()) | set(cls.output_tags())
+        everyone = global_keys()
         for k in overall.get("global", {}) or {}:
             if k not in everyone:
                 unknown.setdefault(k, "global section")
@@ -132,6 +228,30 @@ class CalipersStage(PipelineStage):
             raise ConfigError(
                 f"stage {self.instance_name}: " + "; ".join(lines) + f". Valid keys: {', '.join(valid)}"
             )
+
+    def _check_section_name(self, overall: dict) -> None:
+        """A config file with no section for this stage but one of a close name is a misspelling."""
+        if not overall or self.instance_name in overall:
+            return
+        stage_names = set(PipelineStage.pipeline_stages)
+        others = [k for k in overall if k != "global" and k not in stage_names]
+        close = difflib.get_close_matches(self.instance_name, others, n=1, cutoff=0.8)
+        if close:
+            where = self.get_input("config")
+            where = "the config" if isinstance(where, dict) else where
+            raise ConfigError(f"{where}: no section '{self.instance_name}' for stage {self.instance_name}, but a "
+                              f"section '{close[0]}': is it misspelt? (its options would be ignored)")
+
+    def _check_types(self, overall: dict, section: dict, args: dict) -> None:
+        """Type-check every raw value of a declared option (global section, stage section and
+        arguments) before ceci casts it (:func:`check_option_value`)."""
+        sources = [("global section", overall.get("global") or {}),
+                   (f"section '{self.instance_name}'", section), ("arguments", args)]
+        for where, values in sources:
+            for key, value in values.items():
+                param = self.config_options.get(key)
+                if isinstance(param, StageParameter):
+                    check_option_value(self.instance_name, key, param.dtype, value, where)
 
     def config_dict(self) -> dict:
         """The stage's declared options and their values (inputs/outputs excluded)."""
@@ -228,11 +348,46 @@ class CalipersStage(PipelineStage):
 
     def run(self):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self._take_locks()  # before the try: a refused run must not discard the holder's files
         try:
             self.process()
+            self._check_outputs_written()
         except BaseException:
             self.discard_outputs()
+            self._release_locks()
             raise
+
+    def _take_locks(self) -> None:
+        """Rank 0 locks every output (:func:`calipers.core.lock.output_locks`); every rank learns
+        whether it could, so a refusal stops all ranks."""
+        from calipers.core.lock import output_locks
+
+        self._locks, refusal = [], None
+        if self.rank == 0:
+            try:
+                self._locks = output_locks([self.get_output(t, final_name=True) for t in self.output_tags()])
+            except CalipersError as err:
+                refusal = err
+        if self.size > 1 and self.comm is not None:
+            refusal = self.comm.bcast(refusal, root=0)
+        if refusal is not None:
+            raise refusal
+
+    def _release_locks(self) -> None:
+        for lock in getattr(self, "_locks", []):
+            lock.release()
+        self._locks = []
+
+    def _check_outputs_written(self) -> None:
+        """Every declared output must exist when process() ends (ceci would only warn)."""
+        missing = []
+        if self.rank == 0:
+            missing = [(t, self.get_output(t)) for t in self.output_tags() if not os.path.exists(self.get_output(t))]
+        if self.size > 1 and self.comm is not None:
+            missing = self.comm.bcast(missing, root=0)
+        if missing:
+            listed = ", ".join(f"'{t}' ({p})" for t, p in missing)
+            raise CalipersError(f"stage {self.instance_name} finished without writing its declared output(s) {listed}")
 
     def discard_outputs(self) -> None:
         """Delete this stage's in-progress outputs (called when the stage fails)."""
@@ -244,13 +399,16 @@ class CalipersStage(PipelineStage):
                     pass
 
     def finalize(self):
-        super().finalize()
-        if self.rank == 0:
-            for tag in self.output_tags():
-                final = self.get_output(tag, final_name=True)
-                if os.path.exists(final):
-                    print(f"calipers {self.instance_name}: wrote {tag} -> {os.path.abspath(final)}", file=sys.stdout)
-            self._record_run()
+        try:
+            super().finalize()
+            if self.rank == 0:
+                for tag in self.output_tags():
+                    final = self.get_output(tag, final_name=True)
+                    if os.path.exists(final):
+                        print(f"calipers {self.instance_name}: wrote {tag} -> {os.path.abspath(final)}", file=sys.stdout)
+                self._record_run()
+        finally:
+            self._release_locks()
 
     def _record_run(self) -> None:
         """The content-addressed record that ``calipers run --resume`` compares against."""

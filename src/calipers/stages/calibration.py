@@ -6,31 +6,35 @@ Methods (``PZCalibrate.method``):
 - ``pit_local``: remap through P(PIT <= u | x), learned as a function of features x of each object
   (photometry: magnitudes and adjacent colours of ``bands``; or any ``feature_columns``), so
   calibration holds across feature space and over-dispersed regions are sharpened;
-- ``conformal``: the split-conformal predictive distribution (exactly uniform PIT for
-  exchangeable data, up to the 1/(n+1) resolution).
+- ``conformal``: the split-conformal predictive distribution (uniform PIT for exchangeable data,
+  up to the 1/(n+1) resolution of the calibration set and the grid).
 
-A calibrator directory holds ``calibrator.json`` (method, grid, parameters, feature definition)
-and, for ``pit_local``, ``weights.pt`` (torch state dicts, loaded with ``weights_only=True``).
+A calibrator directory (:mod:`calipers.core.calibrators`) holds ``calibrator.json`` (method, grid,
+parameters, feature definition, and ``fitted_on``: the model that produced the calibration p(z),
+from their provenance) and, for ``pit_local``, ``weights.pt`` (torch state dicts, loaded with
+``weights_only=True``). ``PZApplyCalibration`` refuses p(z) of another model (``on_model_mismatch``).
+
+Rows are matched by position; when the p(z) ancil and the catalog both carry object ids
+(``id_column``) they are compared and the first mismatching row is an error.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from calipers.calibrate import ConformalPredictiveDistribution, LocalPITConfig, LocalPITRecalibrator, PITRecalibrator
 from calipers.core import catalog
-from calipers.core.errors import ConfigError, ModelMismatchError
+from calipers.core.calibrators import METHODS, load_calibrator, save_calibrator
+from calipers.core.errors import CatalogError, ConfigError, ModelMismatchError
+from calipers.core.features import read_features
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
-from calipers.core.qpio import qp_size, read_qp_rows
+from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, TRUTH_OPTIONS, band_columns, stack
+from calipers.core.provenance import write_provenance_json
+from calipers.core.qpio import qp_size, read_qp_provenance, read_qp_rows
 from calipers.core.stage import CalipersStage, Param
-from calipers.photoz.preprocess import PhotometryPreprocessor
-from calipers.stages.photoz import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
-from calipers.stages.validation import TRUTH_OPTIONS, read_truth
 from calipers.photoz.mixture import POINT_ESTIMATES
 from calipers.validate.metrics import grid_pdfs, grid_point_estimates, pit_values
 
@@ -42,38 +46,37 @@ GRID_OPTIONS = {
     "nzbins": Param(int, 601, msg="Points in the redshift grid"),
     "chunk_size": Param(int, 20_000, msg="Distributions per chunk (memory scales with this)"),
 }
-METHODS = ("pit_global", "pit_local", "conformal")
 FEATURE_OPTIONS = CATALOG_OPTIONS | {
     "bands": Param(list, DEFAULT_BANDS, msg="pit_local: bands whose magnitudes and adjacent colours are the features"),
     "feature_columns": Param(list, [], msg="pit_local: catalog columns used as features instead of the photometry"),
 }
 
 
-def read_features(path: str, spec: dict, start: int = 0, end: int | None = None) -> np.ndarray:
-    """Feature matrix of catalog rows [start, end) for local calibration, as described by
-    ``spec`` (saved in the calibrator): explicit columns, or cleaned magnitudes plus adjacent colours."""
-    group = spec["hdf5_groupname"]
-    if spec["feature_columns"]:
-        cols = catalog.read_columns(path, group, spec["feature_columns"], start, end)
-        x = stack(cols, spec["feature_columns"])
-    else:
-        mags, errs = spec["mag_columns"], spec["err_columns"]
-        cols = catalog.read_columns(path, group, mags + errs, start, end)
-        prep = PhotometryPreprocessor.from_dict(spec["preprocessor"])
-        clean, _, _ = prep.transform(stack(cols, mags), stack(cols, errs))
-        x = np.hstack([clean, clean[:, :-1] - clean[:, 1:]])
-    bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
-    if bad.size:
-        raise ValueError(f"{path}: calibration features not finite in {bad.size} row(s), first at row {start + bad[0]}")
-    return x
-
-
 def _grid(config) -> np.ndarray:
     return np.linspace(config["zmin"], config["zmax"], config["nzbins"])
 
 
+def source_model(pz_path: str) -> dict:
+    """The model a qp file's p(z) came from, from its provenance: ``{"hash", "path", "stage"}``
+    ({} when the file records none, e.g. p(z) written by another code)."""
+    prov = read_qp_provenance(pz_path)
+    try:
+        hashes = json.loads(prov.get("input_hashes", "{}"))
+        inputs = json.loads(prov.get("inputs", "{}"))
+    except json.JSONDecodeError:
+        return {}
+    if "model" not in hashes:
+        return {}
+    return {"hash": hashes["model"], "path": inputs.get("model", ""), "stage": prov.get("stage", "")}
+
+
 class PZCalibrate(CalipersStage):
-    """Fit a p(z) calibrator from held-out p(z) (any qp ensemble) and their true redshifts."""
+    """Fit a p(z) calibrator from held-out p(z) (any qp ensemble) and their true redshifts.
+
+    The calibrator records the model that produced the p(z) (``fitted_on``, from the p(z)
+    file's provenance). Every option is checked before anything is computed; an empty p(z) file
+    or catalog is an error naming it.
+    """
 
     name = "PZCalibrate"
     parallel = False
@@ -101,50 +104,63 @@ class PZCalibrate(CalipersStage):
         return {"calibration_truth": (config["hdf5_groupname"], cols)}
 
     def validate(self):
-        if self.config["method"] not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {self.config['method']!r}")
+        c = self.config
+        if c["method"] not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {c['method']!r}")
+        minimum = {"nzbins": 2, "chunk_size": 1, "n_knots": 2}
+        if c["method"] == "pit_local":
+            minimum |= {"n_members": 1, "n_components": 1, "hidden": 1, "max_epochs": 1, "patience": 1}
+        for key, low in minimum.items():
+            if c[key] < low:
+                raise ConfigError(f"stage {self.instance_name}: {key} must be >= {low} (method {c['method']}), "
+                                  f"got {c[key]}")
+        if not c["zmax"] > c["zmin"]:
+            raise ConfigError(f"stage {self.instance_name}: zmax ({c['zmax']}) must be larger than zmin ({c['zmin']})")
+        if c["method"] == "pit_local" and not c["feature_columns"] and len(c["bands"]) < 1:
+            raise ConfigError(f"stage {self.instance_name}: pit_local needs features: give bands or feature_columns")
 
     def process(self):
         c = self.config
-        pz_path = self.input_path("calibration_pz")
+        pz_path, truth_path = self.input_path("calibration_pz"), self.input_path("calibration_truth")
         n = qp_size(pz_path)
-        z = read_truth(self, "calibration_truth", n, pz_path)
+        if n == 0:
+            raise CatalogError(f"{pz_path}: holds no p(z) (0 rows); a calibrator needs a non-empty calibration set")
+        z = catalog.read_truth(truth_path, c["hdf5_groupname"], c["redshift_column"], n, pz_path)
+        if catalog.check_matching_ids(pz_path, "ancil/id", truth_path, c["hdf5_groupname"], c["id_column"]):
+            log.info("object ids of %s match %s row by row", pz_path, truth_path)
         zgrid = _grid(c)
-        pits = []
+        pit = np.empty(n)
         for start in range(0, n, c["chunk_size"]):
             end = min(start + c["chunk_size"], n)
             pdfs, valid = grid_pdfs(read_qp_rows(pz_path, start, end), zgrid)
             bad = np.flatnonzero(~(valid & np.isfinite(z[start:end])))
             if bad.size:
                 raise ValueError(f"{pz_path}: p(z) or truth not finite in {bad.size} row(s), first at row {start + bad[0]}")
-            pits.append(pit_values(pdfs, zgrid, z[start:end]))
-        pit = np.concatenate(pits)
-        spec = {"method": c["method"], "zgrid": [c["zmin"], c["zmax"], c["nzbins"]], "n_calibration": n}
-        out = self.output_path("calibrator")
-        os.makedirs(out, exist_ok=True)
+            pit[start:end] = pit_values(pdfs, zgrid, z[start:end])
+        spec = {"method": c["method"], "zgrid": [c["zmin"], c["zmax"], c["nzbins"]], "n_calibration": n,
+                "fitted_on": source_model(pz_path)}
+        states = None
         if c["method"] == "pit_global":
             spec |= PITRecalibrator(n_knots=c["n_knots"]).fit(pit).to_dict()
         elif c["method"] == "conformal":
             spec |= ConformalPredictiveDistribution().fit(pit).to_dict()
         else:
             spec["features"] = self._feature_spec()
-            x = read_features(self.input_path("calibration_truth"), spec["features"])
-            if len(x) != n:
-                raise ValueError(f"{pz_path} holds {n} p(z) but {self.input_path('calibration_truth')} has {len(x)} rows")
+            x = read_features(truth_path, spec["features"])
             cfg = LocalPITConfig(n_components=c["n_components"], hidden=c["hidden"], n_members=c["n_members"],
                                  max_epochs=c["max_epochs"], patience=c["patience"], seed=c["seed"])
             log.info("fitting the local PIT model on %d galaxies x %d features", n, x.shape[1])
             cal = LocalPITRecalibrator(cfg).fit(x, pit, progress=self.rank == 0)
             meta, states = cal.state()
             spec |= meta
-            torch.save(states, os.path.join(out, "weights.pt"))
-        with open(os.path.join(out, "calibrator.json"), "w") as fh:
-            json.dump(spec, fh)
-        with open(os.path.join(out, "provenance.json"), "w") as fh:
-            json.dump(self.provenance() | {"n_calibration": str(n)}, fh, indent=2)
+        out = self.output_path("calibrator")
+        save_calibrator(out, spec, states)
+        write_provenance_json(out, self.provenance() | {"n_calibration": str(n)})
         log.info("fitted %s calibrator on %d galaxies", c["method"], n)
 
     def _feature_spec(self) -> dict:
+        from calipers.photoz.preprocess import PhotometryPreprocessor
+
         c = self.config
         spec = {"hdf5_groupname": c["hdf5_groupname"], "feature_columns": list(c["feature_columns"])}
         if not spec["feature_columns"]:
@@ -155,31 +171,16 @@ class PZCalibrate(CalipersStage):
         return spec
 
 
-def load_calibrator(directory: str):
-    """(method, calibrator object, spec) from a calibrator directory, without executing code."""
-    path = os.path.join(directory, "calibrator.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{directory}: not a calibrator directory (no calibrator.json)")
-    with open(path) as fh:
-        spec = json.load(fh)
-    method = spec.get("method")
-    if method == "pit_global":
-        return method, PITRecalibrator.from_dict(spec), spec
-    if method == "conformal":
-        return method, ConformalPredictiveDistribution.from_dict(spec), spec
-    if method == "pit_local":
-        states = torch.load(os.path.join(directory, "weights.pt"), map_location="cpu", weights_only=True)
-        return method, LocalPITRecalibrator.from_state(spec, states), spec
-    raise ModelMismatchError(f"{path}: unknown calibration method {method!r}; expected one of {METHODS}")
-
-
 class PZApplyCalibration(CalipersStage):
     """Apply a fitted calibrator to a qp ensemble, chunk by chunk, writing gridded (interp) p(z).
 
     ``catalog`` is the catalog the p(z) were estimated from (one row per distribution); the
-    ``pit_local`` method reads its features from it, every method checks its length. The ancil
-    is copied, except RAIL point estimates (zmode, zmean, zmedian, zlo68, zhi68), which are
-    recomputed from the calibrated p(z).
+    ``pit_local`` method reads its features from it, every method checks its length and, when
+    both carry object ids, that they match row by row. The ancil is copied, except RAIL point
+    estimates (zmode, zmean, zmedian, zlo68, zhi68), which are recomputed from the calibrated
+    p(z); a row that could not be calibrated (invalid input p(z) or calibrated result) is NaN
+    in the p(z) and in those point estimates - never the stale input values. p(z) from another
+    model than the one the calibrator was fitted on are refused (``on_model_mismatch``).
     """
 
     name = "PZApplyCalibration"
@@ -189,7 +190,36 @@ class PZApplyCalibration(CalipersStage):
     config_options = CalipersStage.config_options | {
         "chunk_size": Param(int, 20_000, msg="Distributions per chunk (memory scales with this); MPI ranks share the chunks"),
         "hdf5_groupname": Param(str, "photometry", msg="Group of the catalog (row count check for global methods)"),
+        "id_column": Param(str, "id", msg="Object-id column of the catalog compared with the p(z) ancil ids when "
+                                          "both exist ('' = do not compare)"),
+        "on_model_mismatch": Param(str, "error", msg="p(z) from another model than the calibrator was fitted on: "
+                                                     "error, or warn and apply anyway"),
     }
+
+    def validate(self):
+        if self.config["on_model_mismatch"] not in ("error", "warn"):
+            raise ConfigError(f"on_model_mismatch must be 'error' or 'warn', got {self.config['on_model_mismatch']!r}")
+        if self.config["chunk_size"] < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {self.config['chunk_size']}")
+
+    def _check_model(self, spec: dict, path: str) -> None:
+        fitted = spec.get("fitted_on") or {}
+        here = source_model(path)
+        cal = self.input_path("calibrator")
+        if not fitted.get("hash") or not here.get("hash"):
+            if fitted.get("hash") and self.rank == 0:
+                log.warning("%s records no model in its provenance: cannot check that calibrator %s (fitted on p(z) "
+                            "of model %s) belongs to it", path, cal, fitted.get("path"))
+            return
+        if fitted["hash"] == here["hash"]:
+            return
+        msg = (f"{path} holds p(z) of model {here['path']} (sha256 {here['hash'][:12]}...), but calibrator {cal} "
+               f"was fitted on p(z) of model {fitted['path']} (sha256 {fitted['hash'][:12]}...): a calibrator "
+               "corrects one model's errors only")
+        if self.config["on_model_mismatch"] == "error":
+            raise ModelMismatchError(msg + "; set on_model_mismatch: warn to apply it anyway")
+        if self.rank == 0:
+            log.warning("%s (on_model_mismatch=warn: applying it anyway)", msg)
 
     def process(self):
         method, cal, spec = load_calibrator(self.input_path("calibrator"))
@@ -197,13 +227,17 @@ class PZApplyCalibration(CalipersStage):
         zgrid = np.linspace(zmin, zmax, int(nz))
         path = self.input_path("pz")
         n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no p(z) (0 rows); nothing to calibrate")
+        self._check_model(spec, path)
         cat = self.input_path("catalog")
         group = spec.get("features", {}).get("hdf5_groupname", self.config["hdf5_groupname"])
-        n_cat = catalog.catalog_info(cat, group)[0]
+        n_cat, have = catalog.catalog_info(cat, group)
         if n_cat != n:
             raise ValueError(f"{path} holds {n} p(z) but the catalog {cat} has {n_cat} rows")
+        id_col = self.config["id_column"] if self.config["id_column"] in have else ""
         meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
-        first = read_qp_rows(path, 0, min(1, n))
+        first = read_qp_rows(path, 0, 1)
         ancil_names = sorted(first.ancil) if first.ancil else []
         chunk = self.config["chunk_size"]
         ranges = catalog.chunk_ranges(n, chunk, self.rank, self.size)
@@ -211,6 +245,9 @@ class PZApplyCalibration(CalipersStage):
         with self.qp_output("calibrated_pz", n, chunk, **layout) as out:
             for start, end in tqdm(ranges, desc=self.instance_name, leave=False, disable=self.rank != 0):
                 ens = read_qp_rows(path, start, end)
+                if id_col and "id" in ancil_names:
+                    ids = catalog.read_columns(cat, group, [id_col], start, end, numeric=False)[id_col]
+                    catalog.compare_ids(ens.ancil["id"], ids, start, path, cat, id_col)
                 pdfs, valid = grid_pdfs(ens, zgrid)
                 new = np.full_like(pdfs, np.nan)  # invalid rows stay NaN: the gate counts them
                 if valid.any():
@@ -219,12 +256,16 @@ class PZApplyCalibration(CalipersStage):
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid, feats[valid])
                     else:
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
+                done = valid & np.all(np.isfinite(new), axis=1)
+                new[~done] = np.nan
                 ancil = {k: ens.ancil[k] for k in ancil_names}
-                # point estimates in the ancil describe the input p(z): recompute them from the calibrated ones
+                # point estimates in the ancil describe the input p(z): recompute them from the calibrated
+                # ones, and NaN them where there is no calibrated p(z) (never keep the stale input values)
                 stale = [k for k in ancil_names if k in POINT_ESTIMATES]
-                if stale and valid.any():
-                    fresh = grid_point_estimates(new[valid], zgrid, stale)
+                if stale:
+                    fresh = grid_point_estimates(new[done], zgrid, stale) if done.any() else {}
                     for k in stale:
-                        ancil[k] = np.full(len(valid), np.nan)
-                        ancil[k][valid] = fresh[k]
+                        ancil[k] = np.full(len(done), np.nan)
+                        if done.any():
+                            ancil[k][done] = fresh[k]
                 out.write(start, end, {"yvals": new}, ancil)

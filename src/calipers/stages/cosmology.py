@@ -16,19 +16,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from calipers.core import catalog
-from calipers.core.errors import ConfigError
+from calipers.core.errors import CatalogError, ConfigError
 from calipers.core.file_types import HDF5Catalog, QPEnsembleFile, ReportDir, SaccFile
-from calipers.core.provenance import write_provenance_hdf5
+from calipers.core.gate_stage import GateStage
+from calipers.core.nz_files import read_nz, read_tomography, write_nz, write_tomography
+from calipers.core.options import GATE_OPTIONS, TRUTH_OPTIONS
 from calipers.core.qpio import qp_size, read_qp_rows
 from calipers.core.stage import CalipersStage, Param
 from calipers.cosmology import nz as nzmod
 from calipers.cosmology import tomography
-from calipers.stages.validation import GATE_OPTIONS, TRUTH_OPTIONS, GateStage, read_truth
 from calipers.validate.metrics import grid_pdfs
 
 log = logging.getLogger(__name__)
 
-TOMO_GROUP = "tomography"
 DESC_Y1_MEAN_Z = 0.002  # DESC SRD Y1 lensing sources: |d<z>| <= 0.002 (1 + z) per bin
 Z_GRID_OPTIONS = {
     "zmax": Param(float, 3.0, msg="End of the redshift grid (starts at 0) on which p(z) and n(z) are evaluated"),
@@ -47,15 +47,6 @@ def _chunks(stage: CalipersStage, path: str, n: int, zgrid, chunk_size: int, des
     for start, end in tqdm(ranges, desc=desc, disable=stage.rank != 0, leave=False):
         pdfs, valid = grid_pdfs(read_qp_rows(path, start, end), zgrid)
         yield start, end, pdfs, valid
-
-
-def read_tomography(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(bin per galaxy, bin edges) from a TomographicBinning output."""
-    with h5py.File(path, "r") as f:
-        if TOMO_GROUP not in f:
-            raise ValueError(f"{path}: no '{TOMO_GROUP}' group; is it a TomographicBinning output?")
-        g = f[TOMO_GROUP]
-        return g["bin"][:], np.asarray(json.loads(g.attrs["edges"]), dtype=float)
 
 
 class TomographicBinning(CalipersStage):
@@ -88,6 +79,8 @@ class TomographicBinning(CalipersStage):
         c = self.config
         path = self.input_path("pz")
         n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no p(z) (0 rows)")
         zgrid = _zgrid(c)
         kind = "zmedian" if c["assign_by"] == "mass" else c["assign_by"]
         zpoint = np.full(n, np.nan)
@@ -111,18 +104,12 @@ class TomographicBinning(CalipersStage):
         counts = np.bincount(bins[bins >= 0], minlength=len(edges) - 1)
         log.info("tomographic bins %s: %s galaxies (%d unbinned)", np.round(edges, 4).tolist(), counts.tolist(),
                  int((bins < 0).sum()))
-        ens0 = read_qp_rows(path, 0, min(1, n))
-        with h5py.File(self.output_path("tomography"), "w") as f:
-            g = f.create_group(TOMO_GROUP)
-            g.create_dataset("bin", data=bins)
-            g.create_dataset(kind, data=zpoint)
-            if ens0.ancil is not None and "id" in ens0.ancil:
-                with h5py.File(path, "r") as src:
-                    g.create_dataset("id", data=src["ancil"]["id"][:])
-            g.attrs["edges"] = json.dumps([float(e) for e in edges])
-            g.attrs["counts"] = json.dumps(counts.tolist())
-            g.attrs["assign_by"] = c["assign_by"]
-            write_provenance_hdf5(f, self.provenance())
+        ids = None
+        with h5py.File(path, "r") as src:
+            if "ancil" in src and "id" in src["ancil"]:
+                ids = src["ancil"]["id"][:]
+        write_tomography(self.output_path("tomography"), bins, edges, counts, c["assign_by"], kind, zpoint, ids,
+                         self.provenance())
 
 
 class NZEstimate(CalipersStage):
@@ -151,11 +138,11 @@ class NZEstimate(CalipersStage):
             raise ConfigError(f"n_realizations must be >= 2, got {self.config['n_realizations']}")
 
     def process(self):
-        import qp
-
         c = self.config
         path = self.input_path("pz")
         n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no p(z) (0 rows)")
         bins, edges = read_tomography(self.input_path("tomography"))
         if len(bins) != n:
             raise ValueError(f"{path} holds {n} p(z) but {self.input_path('tomography')} bins {len(bins)} galaxies")
@@ -176,37 +163,12 @@ class NZEstimate(CalipersStage):
                 acc.merge(other)
         fid, real = acc.result()
         nb = len(edges) - 1
-        yvals = np.concatenate([fid, real.reshape(-1, len(zgrid))])
-        ens = qp.Ensemble(qp.interp, data={"xvals": zgrid, "yvals": yvals})
-        ens.set_ancil({"bin": np.tile(np.arange(nb), 1 + c["n_realizations"]),
-                       "realization": np.repeat(np.arange(-1, c["n_realizations"]), nb)})
-        out = self.output_path("nz")
-        ens.write_to(out)
-        with h5py.File(out, "a") as f:
-            write_provenance_hdf5(f, self.provenance() | {"edges": json.dumps(edges.tolist()),
-                                                          "counts": json.dumps(acc.counts.tolist())})
+        write_nz(self.output_path("nz"), zgrid, fid, real,
+                 self.provenance() | {"edges": json.dumps(edges.tolist()), "counts": json.dumps(acc.counts.tolist())})
         mean_z = nzmod.nz_mean_z(fid, zgrid)
         spread = nzmod.nz_mean_z(real, zgrid).std(0)
         for b in range(nb):
             log.info("bin %d: %d galaxies, <z> = %.4f +- %.4f", b, acc.counts[b], mean_z[b], spread[b])
-
-
-def read_nz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(zgrid, fiducial (n_bins, nz), realizations (n_real, n_bins, nz)) from an NZEstimate output."""
-    import qp
-
-    ens = qp.read(path)
-    if ens.ancil is None or "realization" not in ens.ancil:
-        raise ValueError(f"{path}: not an NZEstimate output (no 'realization' ancil)")
-    zgrid = np.asarray(ens.metadata["xvals"], dtype=float).ravel()
-    y = np.asarray(ens.objdata["yvals"], dtype=float)
-    r, b = np.asarray(ens.ancil["realization"]), np.asarray(ens.ancil["bin"])
-    nb = int(b.max()) + 1
-    fid = y[r < 0][np.argsort(b[r < 0])]
-    n_real = int(r.max()) + 1
-    real = np.empty((n_real, nb, len(zgrid)))
-    real[r[r >= 0], b[r >= 0]] = y[r >= 0]
-    return zgrid, fid, real
 
 
 class NZGate(GateStage):
@@ -234,11 +196,15 @@ class NZGate(GateStage):
 
     def process(self):
         from calipers.validate.gate import Check
+        from calipers.validate.plots import nz_bands_figure
 
         c = self.config
         zgrid, fid, real = read_nz(self.input_path("nz"))
         bins, edges = read_tomography(self.input_path("tomography"))
-        z = read_truth(self, "truth", len(bins), self.input_path("tomography"))
+        tomo, truth = self.input_path("tomography"), self.input_path("truth")
+        z = catalog.read_truth(truth, c["hdf5_groupname"], c["redshift_column"], len(bins), tomo)
+        if catalog.check_matching_ids(tomo, "tomography/id", truth, c["hdf5_groupname"], c["id_column"]):
+            log.info("object ids of %s match %s row by row", tomo, truth)
         nb = len(fid)
         true_nz, true_mean = nzmod.truth_nz(z, bins, nb, zgrid)
         est_mean = nzmod.nz_mean_z(fid, zgrid)
@@ -262,28 +228,7 @@ class NZGate(GateStage):
                          "desc_y1_requirement_1pz": DESC_Y1_MEAN_Z,
                          "realization_sigma": float(sigma[b]), "pull": float(pull)})
         self.conclude("n(z) gate: tomographic n(z) against spectroscopic truth", {"bins": rows}, checks,
-                      {"nz_bands": self._figure(zgrid, fid, real, true_nz, edges)})
-
-    @staticmethod
-    def _figure(zgrid, fid, real, true_nz, edges):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-
-        nb = len(fid)
-        fig, axes = plt.subplots(nb, 1, figsize=(7, 1.8 * nb + 0.6), sharex=True, squeeze=False)
-        lo95, lo68, hi68, hi95 = np.percentile(real, [2.5, 16, 84, 97.5], axis=0)
-        for b, ax in enumerate(axes[:, 0]):
-            ax.fill_between(zgrid, lo95[b], hi95[b], color="tab:blue", alpha=0.2, label="95% of realizations")
-            ax.fill_between(zgrid, lo68[b], hi68[b], color="tab:blue", alpha=0.4, label="68%")
-            ax.plot(zgrid, fid[b], color="tab:blue", lw=1, label="stacked p(z)")
-            ax.step(zgrid, true_nz[b], where="mid", color="k", lw=0.8, label="true z")
-            ax.axvspan(edges[b], edges[b + 1], color="0.9", zorder=-1)
-            ax.set_ylabel(f"bin {b}")
-        axes[0, 0].legend(fontsize=7, ncol=2)
-        axes[-1, 0].set_xlabel("z")
-        fig.tight_layout()
-        return fig
+                      {"nz_bands": nz_bands_figure(zgrid, fid, real, true_nz, edges)})
 
 
 class TheoryCl(CalipersStage):
@@ -372,6 +317,7 @@ class TheoryCl(CalipersStage):
 
     def _write_report(self, ell, pairs, data, gauss, nzcov, reals, n_real):
         from calipers.core.report import write_report
+        from calipers.validate.plots import cl_error_ratio_figure, cl_errors_figure
 
         n_ell = len(ell)
         sg = np.sqrt(np.diag(gauss)).reshape(len(pairs), n_ell)
@@ -385,7 +331,8 @@ class TheoryCl(CalipersStage):
             log.info("ell %7.1f: sigma_nz / sigma_gauss median %.3f, max %.3f (%s)", row["ell"], row["median_ratio"],
                      row["max_ratio"], row["max_ratio_spectrum"])
         out = self.output_path("cl_report")
-        figures = {"cl_errors": self._cl_figure(ell, pairs, data, sg, snz), "error_ratio": self._ratio_figure(ell, ratio, names)}
+        figures = {"cl_errors": cl_errors_figure(ell, pairs, data, sg, snz),
+                   "error_ratio": cl_error_ratio_figure(ell, ratio, names)}
         write_report(out, "C_ell with Gaussian and n(z)-induced errors",
                      {"n_realizations": n_real, "spectra": names, "ratio_table": table,
                       "ratio_per_spectrum": {n: r.tolist() for n, r in zip(names, ratio)}}, [], figures,
@@ -397,40 +344,3 @@ class TheoryCl(CalipersStage):
             f.create_dataset("nz", data=nzcov)
             f.create_dataset("realizations", data=reals)
             f.attrs["spectra"] = json.dumps(names)
-
-    @staticmethod
-    def _cl_figure(ell, pairs, data, sg, snz):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-
-        autos = [i for i, (a, b) in enumerate(pairs) if a == b]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, probe in zip(axes, ("shear", "density")):
-            for i in [i for i in autos if pairs[i][0][0] == probe]:
-                f = ell * (ell + 1) / (2 * np.pi)
-                line = ax.loglog(ell, f * data[i], label=f"bin {pairs[i][0][1]}")[0]
-                ax.fill_between(ell, f * (data[i] - sg[i]), f * (data[i] + sg[i]), color=line.get_color(), alpha=0.15)
-                ax.errorbar(ell, f * data[i], yerr=f * snz[i], fmt="none", ecolor=line.get_color(), capsize=2)
-            ax.set(xlabel=r"$\ell$", ylabel=r"$\ell(\ell+1)C_\ell/2\pi$",
-                   title=f"{probe} autos: band = Gaussian error, bars = n(z)-induced")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        return fig
-
-    @staticmethod
-    def _ratio_figure(ell, ratio, names):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for r, n in zip(ratio, names):
-            ax.semilogx(ell, r, lw=0.6, color="0.6")
-        ax.semilogx(ell, np.median(ratio, axis=0), color="tab:red", lw=2, label="median over spectra")
-        ax.semilogx(ell, ratio.max(0), color="tab:red", lw=1, ls="--", label="largest")
-        ax.set(xlabel=r"$\ell$", ylabel=r"$\sigma_{n(z)} / \sigma_{\rm Gauss}$",
-               title="n(z)-induced scatter of C_ell relative to the Gaussian error")
-        ax.legend()
-        fig.tight_layout()
-        return fig

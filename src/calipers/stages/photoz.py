@@ -9,31 +9,17 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from calipers.core.models import load_model, save_model
 from calipers.core import catalog
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
+from calipers.core.models import load_model, save_model
+from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
+from calipers.core.provenance import write_provenance_json
 from calipers.core.stage import CalipersStage, Param
 from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf
 from calipers.photoz.mixture import POINT_ESTIMATES
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BANDS = ["u", "g", "r", "i", "z", "y"]
-
-CATALOG_OPTIONS = {
-    "hdf5_groupname": Param(str, "photometry", msg="Group of the HDF5 catalog holding the columns ('' for the root)"),
-    "mag_column": Param(str, "mag_{band}_lsst", msg="Magnitude column name pattern; {band} is replaced by each band"),
-    "err_column": Param(str, "mag_err_{band}_lsst", msg="Magnitude-error column name pattern"),
-}
-
-
-def band_columns(config, bands: list[str]) -> tuple[list[str], list[str]]:
-    return ([config["mag_column"].format(band=b) for b in bands], [config["err_column"].format(band=b) for b in bands])
-
-
-def stack(cols: dict, names: list[str]) -> np.ndarray:
-    return np.stack([np.asarray(cols[n], dtype=np.float32) for n in names], axis=1)
 
 
 class PZInform(CalipersStage):
@@ -71,7 +57,17 @@ class PZInform(CalipersStage):
         mags, errs = band_columns(config, list(config["bands"]))
         return {"training_catalog": (config["hdf5_groupname"], mags + errs + [config["redshift_column"]])}
 
+    def _ensemble_config(self) -> EnsembleConfig:
+        c = self.config
+        cfg = EnsembleConfig(**{k: c[k] for k in EnsembleConfig.__dataclass_fields__ if k in c})
+        try:
+            cfg.validate()
+        except ValueError as err:
+            raise ConfigError(f"stage {self.instance_name}: {err}") from err
+        return cfg
+
     def validate(self):
+        self._ensemble_config()
         bands = list(self.config["bands"])
         mags, errs = band_columns(self.config, bands)
         catalog.require_columns(self.input_path("training_catalog"), self.config["hdf5_groupname"],
@@ -88,7 +84,7 @@ class PZInform(CalipersStage):
         if bad.size:
             raise ValueError(f"{path}: column '{c['redshift_column']}' is not finite in {bad.size} row(s), first at row {bad[0]}")
         mags, errs = stack(cols, mag_cols), stack(cols, err_cols)
-        cfg = EnsembleConfig(**{k: c[k] for k in EnsembleConfig.__dataclass_fields__ if k in c})
+        cfg = self._ensemble_config()
         ens = DeepEnsemble(cfg)
         mine = list(range(self.rank, cfg.n_members, self.size))
         log.info("rank %d: training members %s of a %d-member MDN ensemble on %d galaxies from %s",
@@ -106,10 +102,8 @@ class PZInform(CalipersStage):
         out = self.output_path("model")
         os.makedirs(out, exist_ok=True)
         save_model(out, ens)
-        prov = prov | {"train_seconds": f"{time.time() - t0:.1f}", "n_train": str(len(z)), "mpi_ranks": str(self.size),
-                                    "nondetections": json.dumps(nd)}
-        with open(os.path.join(out, "provenance.json"), "w") as fh:
-            json.dump(prov, fh, indent=2)
+        write_provenance_json(out, prov | {"train_seconds": f"{time.time() - t0:.1f}", "n_train": str(len(z)),
+                                           "mpi_ranks": str(self.size), "nondetections": json.dumps(nd)})
 
 
 class PZEstimate(CalipersStage):
@@ -149,7 +143,10 @@ class PZEstimate(CalipersStage):
     def _columns(self):
         ens = self._model()
         bands = list(self.config["bands"]) or ens.bands
-        ens.check_bands(bands, source=f"stage {self.instance_name} config 'bands'")
+        try:
+            ens.check_bands(bands, source=f"stage {self.instance_name} config 'bands'")
+        except ValueError as err:  # the algorithm package raises plain ValueErrors: name the model here
+            raise ModelMismatchError(f"{self.input_path('model')}: {err}") from err
         return band_columns(self.config, bands)
 
     def validate(self):

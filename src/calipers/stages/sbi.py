@@ -1,44 +1,29 @@
 """Simulation-based inference stages: Simulate -> SBITrain -> SBIGate -> SBIPosterior."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
-import h5py
 import numpy as np
 
 from calipers.core.errors import ConfigError
 from calipers.core.file_types import ModelDir, QPEnsembleFile, ReportDir, SaccFile, SamplesFile, SimulationFile
-from calipers.core.provenance import write_provenance_hdf5
+from calipers.core.gate_stage import GateStage
+from calipers.core.options import GATE_OPTIONS
+from calipers.core.provenance import write_provenance_json
+from calipers.core.simulations import (
+    read_simulations,
+    simulator_from_spec,
+    write_posterior_samples,
+    write_simulations,
+)
 from calipers.core.stage import CalipersStage, Param
-from calipers.stages.validation import GATE_OPTIONS, GateStage
 
 log = logging.getLogger(__name__)
-GROUP = "simulations"
 
-
-def read_simulations(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(theta, x, spec) from a Simulate output; spec = {"simulator", "options", "param_names"}."""
-    with h5py.File(path, "r") as f:
-        if GROUP not in f:
-            raise ValueError(f"{path}: no '{GROUP}' group; is it a Simulate output?")
-        g = f[GROUP]
-        return g["theta"][:], g["x"][:], json.loads(g.attrs["spec"])
-
-
-def simulator_from_spec(spec: dict):
-    """The simulator a spec describes; an ``nz_path`` option (an NZEstimate output) is read here and
-    handed to the simulator as arrays."""
-    from calipers.sbi import make_simulator
-
-    options = dict(spec["options"])
-    if "nz_path" in options:
-        from calipers.stages.cosmology import read_nz
-
-        options["zgrid"], options["nz_fid"], options["nz_real"] = read_nz(options.pop("nz_path"))
-    return make_simulator(spec["simulator"], **options)
+__all__ = ["SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl",
+           "read_simulations", "simulator_from_spec"]  # the last two re-exported from calipers.core.simulations
 
 
 class Simulate(CalipersStage):
@@ -85,12 +70,7 @@ class Simulate(CalipersStage):
             x = np.concatenate([xx for _, _, xx in order])
         log.info("%d simulations of %s in %.1f s", n, c["simulator"], time.time() - t0)
         spec["param_names"] = sim.param_names
-        with h5py.File(self.output_path("simulations"), "w") as f:
-            g = f.create_group(GROUP)
-            g.create_dataset("theta", data=theta)
-            g.create_dataset("x", data=x)
-            g.attrs["spec"] = json.dumps(spec)
-            write_provenance_hdf5(f, self.provenance())
+        write_simulations(self.output_path("simulations"), theta, x, spec, self.provenance())
 
 
 class SimulateCl(Simulate):
@@ -156,8 +136,7 @@ class SBITrain(CalipersStage):
         save_estimator(self.output_path("sbi_model"), net, cfg, theta, x,
                        extra={"simulator": spec, "n_simulations": len(theta), "train_seconds": round(seconds, 2),
                               "device": device, "summary": summary})
-        with open(os.path.join(self.output_path("sbi_model"), "provenance.json"), "w") as fh:
-            json.dump(self.provenance(), fh, indent=2)
+        write_provenance_json(self.output_path("sbi_model"), self.provenance())
 
 
 def _posterior_factory(net, prior, cfg):
@@ -221,6 +200,7 @@ class SBIGate(GateStage):
         from calipers.core.models import load_estimator
         from calipers.sbi import sbc, tarp
         from calipers.validate.gate import Check
+        from calipers.validate.plots import sbc_ranks_figure, tarp_figure
 
         c = self.config
         net, cfg, meta = load_estimator(self.input_path("sbi_model"))
@@ -262,45 +242,8 @@ class SBIGate(GateStage):
         if c["c2st_observations"] > 0:
             summary["c2st"] = scores
         self.conclude(f"SBI calibration gate: {cfg.method.upper()} on {spec['simulator']}", summary, checks,
-                      {"sbc_ranks": self._ranks_figure(s, names), "tarp": self._tarp_figure(t)})
-
-    @staticmethod
-    def _ranks_figure(s, names):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-        from scipy import stats
-
-        k = len(names)
-        cols = min(k, 5)
-        rows = -(-k // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
-        n, bins = len(s.ranks), 10
-        lo, hi = stats.binom.ppf([0.005, 0.995], n, 1 / bins)
-        for j, ax in enumerate(axes.ravel()):
-            if j >= k:
-                ax.axis("off")
-                continue
-            ax.hist(s.ranks[:, j], bins=bins, range=(0, s.num_posterior_samples), color="tab:blue", alpha=0.8)
-            ax.axhspan(lo, hi, color="0.6", alpha=0.4)
-            ax.set_title(f"{names[j]} (p={s.ks_pvals[j]:.2g})", fontsize=8)
-        fig.suptitle("SBC rank histograms (band: 99% for uniform ranks)", fontsize=9)
-        fig.tight_layout()
-        return fig
-
-    @staticmethod
-    def _tarp_figure(t):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-        ax.plot(t["alpha"], t["ecp"], color="tab:red")
-        ax.set(xlabel="credibility level", ylabel="expected coverage", title=f"TARP (ATC {t['atc']:+.3f})",
-               xlim=(0, 1), ylim=(0, 1))
-        fig.tight_layout()
-        return fig
+                      {"sbc_ranks": sbc_ranks_figure(s.ranks, s.ks_pvals, s.num_posterior_samples, names),
+                       "tarp": tarp_figure(t["alpha"], t["ecp"], t["atc"])})
 
 
 class SBIPosterior(CalipersStage):
@@ -327,9 +270,10 @@ class SBIPosterior(CalipersStage):
     def process(self):
         import torch
 
-        from calipers.core.report import write_report
         from calipers.core.models import load_estimator
+        from calipers.core.report import write_report
         from calipers.sbi import build_posterior
+        from calipers.validate.plots import corner_figure
 
         c = self.config
         net, cfg, meta = load_estimator(self.input_path("sbi_model"))
@@ -348,46 +292,14 @@ class SBIPosterior(CalipersStage):
         else:  # unnormalised: learned potential
             logp = post.potential_fn(samples).numpy() if hasattr(post, "potential_fn") else np.full(len(samples), np.nan)
         samples = samples.numpy()
-        with h5py.File(self.output_path("posterior_samples"), "w") as f:
-            f.create_dataset("samples", data=samples)
-            f.create_dataset("param_names", data=np.array(names, dtype="S"))
-            f.create_dataset("log_prob", data=logp)
-            f.create_dataset("x_observed", data=x_o)
-            f.create_dataset("theta_true", data=truth)
-            write_provenance_hdf5(f, self.provenance())
+        write_posterior_samples(self.output_path("posterior_samples"), samples, names, logp, x_o, truth,
+                                self.provenance())
         mean, sd = samples.mean(0), samples.std(0)
         inside95 = np.where(np.isfinite(truth), np.abs(truth - mean) <= 2 * sd, False)
         summary = {"param_names": names, "mean": mean.tolist(), "std": sd.tolist(), "theta_true": truth.tolist(),
                    "truth_within_2sd": inside95.tolist(), "method": cfg.method}
         write_report(self.output_path("posterior_report"), f"{cfg.method.upper()} posterior", summary, [],
-                     {"corner": self._corner(samples, names, truth)}, provenance=self.provenance())
-
-    @staticmethod
-    def _corner(samples, names, truth):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-
-        k = min(len(names), 6)
-        fig, axes = plt.subplots(k, k, figsize=(1.8 * k + 1, 1.8 * k + 1), squeeze=False)
-        for i in range(k):
-            for j in range(k):
-                ax = axes[i, j]
-                if j > i:
-                    ax.axis("off")
-                elif i == j:
-                    ax.hist(samples[:, i], bins=40, color="tab:blue", alpha=0.8)
-                    ax.axvline(truth[i], color="k", lw=0.8)
-                else:
-                    ax.hist2d(samples[:, j], samples[:, i], bins=40, cmap="Blues")
-                    ax.plot(truth[j], truth[i], "k+", ms=8)
-                if i == k - 1:
-                    ax.set_xlabel(names[j], fontsize=7)
-                if j == 0 and i > 0:
-                    ax.set_ylabel(names[i], fontsize=7)
-                ax.tick_params(labelsize=6)
-        fig.tight_layout()
-        return fig
+                     {"corner": corner_figure(samples, names, truth)}, provenance=self.provenance())
 
 
 class SBIPosteriorSacc(SBIPosterior):

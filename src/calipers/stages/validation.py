@@ -3,77 +3,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 import numpy as np
 
 from calipers.core import catalog
-from calipers.core.errors import ConfigError, GateFailed
+from calipers.core.errors import CatalogError
 from calipers.core.file_types import HDF5Catalog, QPEnsembleFile, ReportDir
-from calipers.core.report import write_report
+from calipers.core.gate_stage import GateStage
+from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, GATE_OPTIONS, TRUTH_OPTIONS, band_columns
 from calipers.core.stage import CalipersStage, Param
-from calipers.stages.photoz import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
 
 log = logging.getLogger(__name__)
-
-TRUTH_OPTIONS = {
-    "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalog holding the columns"),
-    "redshift_column": Param(str, "redshift", msg="True-redshift column of the truth catalog"),
-}
-
-
-def read_truth(stage: CalipersStage, tag: str, n_expected: int, against: str) -> np.ndarray:
-    """True redshifts from a stage's truth input, checked to have one row per distribution."""
-    path = stage.input_path(tag)
-    col = stage.config["redshift_column"]
-    z = catalog.read_columns(path, stage.config["hdf5_groupname"], [col])[col]
-    if len(z) != n_expected:
-        raise ValueError(f"{against} holds {n_expected} p(z) but {path} has {len(z)} rows")
-    return z
-
-
-GATE_OPTIONS = {
-    "on_fail": Param(str, "error", msg="error (stop the pipeline) or warn (log and go on; for exploration only)"),
-}
-
-
-class GateStage(CalipersStage):
-    """Common end of every gate: write the report; on failure move it aside and raise."""
-
-    report_tag = "report"
-
-    def validate(self):
-        if self.config["on_fail"] not in ("error", "warn"):
-            raise ConfigError(f"on_fail must be 'error' or 'warn', got {self.config['on_fail']!r}")
-
-    def conclude(self, title: str, summary: dict | None, checks: list | None, figures: dict | None) -> None:
-        """Write the report (rank 0, which alone holds ``summary``/``checks``/``figures`` under
-        MPI), then on failure move it aside and raise on every rank, so no rank waits forever."""
-        failed, report = [], None
-        prov = self.provenance()  # collective under MPI: every rank takes part
-        if self.rank == 0:
-            path = self.output_path(self.report_tag)
-            write_report(path, title, summary, checks, figures, provenance=prov)
-            failed = [c.describe() for c in checks if not c.passed]
-            for c in checks:
-                log.info("%s", c.describe())
-            if failed and self.config["on_fail"] == "error":
-                # keep the report for the user, under a name that is not the declared output (so a
-                # resumed pipeline never mistakes a failed gate for a finished one)
-                final = self.get_output(self.report_tag, final_name=True) + ".FAILED"
-                if os.path.exists(final):
-                    shutil.rmtree(final)
-                shutil.move(path, final)
-                report = os.path.join(os.path.abspath(final), "index.html")
-        if self.size > 1:
-            failed, report = self.comm.bcast((failed, report), root=0)
-        if not failed:
-            return
-        if self.config["on_fail"] == "warn":
-            if self.rank == 0:
-                log.warning("gate %s FAILED %d check(s) but on_fail=warn: going on", self.instance_name, len(failed))
-            return
-        raise GateFailed(failed, report=report)
 
 
 class ValidationGate(GateStage):
@@ -120,15 +60,22 @@ class ValidationGate(GateStage):
         pz_path, truth_path = self.input_path("pz"), self.input_path("truth")
         group, col = c["hdf5_groupname"], c["redshift_column"]
         n = qp_size(pz_path)
-        n_truth = catalog.require_columns(truth_path, group, [col])
+        if n == 0:
+            raise CatalogError(f"{pz_path}: holds no p(z) (0 rows); there is nothing to judge")
+        n_truth, have = catalog.catalog_info(truth_path, group)
+        catalog.require_columns(truth_path, group, [col])
         if n_truth != n:
             raise ValueError(f"{pz_path} holds {n} p(z) but {truth_path} has {n_truth} rows")
+        id_col = c["id_column"] if c["id_column"] in have else ""
         zgrid = np.linspace(0.0, c["zmax"], c["nzbins"])
         acc = PZMetricAccumulator(zgrid, reliability_edges=tuple(c["reliability_edges"]))
         for start, end in catalog.chunk_ranges(n, c["chunk_size"], self.rank, self.size):
-            z = catalog.read_columns(truth_path, group, [col], start, end)[col]
-            pdfs, valid = grid_pdfs(read_qp_rows(pz_path, start, end), zgrid)
-            acc.update(start, pdfs, valid, z)
+            truth = catalog.read_columns(truth_path, group, [col] + ([id_col] if id_col else []), start, end)
+            ens = read_qp_rows(pz_path, start, end)
+            if id_col and ens.ancil and "id" in ens.ancil:  # p(z) and truth must be the same objects
+                catalog.compare_ids(ens.ancil["id"], truth[id_col], start, pz_path, truth_path, id_col)
+            pdfs, valid = grid_pdfs(ens, zgrid)
+            acc.update(start, pdfs, valid, truth[col])
         acc = self.merge_on_root(acc, lambda a, b: a.merge(b))
         if self.rank != 0:
             self.conclude("", None, None, None)
@@ -174,18 +121,15 @@ class ShiftTest(GateStage):
         return {t: (config["hdf5_groupname"], mags + errs) for t in ("reference_catalog", "target_catalog")}
 
     def _features(self, tag, prep=None):
-        from calipers.photoz.preprocess import PhotometryPreprocessor
+        from calipers.core.features import read_photometry_features
 
         c = self.config
         mags, errs = band_columns(c, list(c["bands"]))
-        cols = catalog.read_columns(self.input_path(tag), c["hdf5_groupname"], mags + errs)
-        m, e = stack(cols, mags), stack(cols, errs)
-        prep = prep or PhotometryPreprocessor(list(c["bands"])).fit(m, e)
-        clean, _, _ = prep.transform(m, e)
-        return np.hstack([clean, clean[:, :-1] - clean[:, 1:]]), prep
+        return read_photometry_features(self.input_path(tag), c["hdf5_groupname"], list(c["bands"]), mags, errs, prep)
 
     def process(self):
         from calipers.validate.gate import Check
+        from calipers.validate.plots import shift_features_figure
         from calipers.validate.shift import classifier_two_sample_test, mmd_test
 
         c = self.config
@@ -198,21 +142,4 @@ class ShiftTest(GateStage):
                         why=f"held-out accuracy {c2st.statistic:.3f} (0.5 = indistinguishable)")]
         summary = {"mmd": mmd.to_dict(), "classifier": c2st.to_dict(), "n_reference": len(ref), "n_target": len(tgt)}
         self.conclude("Covariate-shift test: training vs target photometry", summary, checks,
-                      {"features": self._figure(ref, tgt)})
-
-    def _figure(self, ref, tgt):
-        from calipers.validate.plots import pyplot
-
-        plt = pyplot()
-
-        nb = len(self.config["bands"])
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        j = min(3, nb - 1)
-        for data, label in ((ref, "reference"), (tgt, "target")):
-            axes[0].hist(data[:, j], bins=60, density=True, histtype="step", label=label)
-            axes[1].scatter(data[:2000, nb + 1], data[:2000, nb + 2], s=1, alpha=0.4, label=label)
-        axes[0].set(xlabel=f"{self.config['bands'][j]} magnitude", ylabel="density")
-        axes[1].set(xlabel="colour 2", ylabel="colour 3")
-        axes[0].legend()
-        fig.tight_layout()
-        return fig
+                      {"features": shift_features_figure(ref, tgt, list(c["bands"]))})

@@ -4,14 +4,22 @@ from __future__ import annotations
 import numpy as np
 
 
+class _Figures:
+    """Figures without pyplot: ``matplotlib.figure.Figure`` objects, which save through the Agg
+    canvas whatever the session's backend, so drawing here never changes global matplotlib
+    state (no backend switch, no figure registry to close)."""
+
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kwargs):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (figures are only ever saved)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """The figure factory used here (``subplots`` as in pyplot, returning (Figure, axes))."""
+    return _Figures
 
 
 def pit_histogram(pit: np.ndarray, bins: int = 50):
@@ -85,5 +93,159 @@ def reliability_curve(confidence, accuracy, count=None):
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.plot(conf, acc, "o-", color="tab:green")
     ax.set(xlabel="predicted probability", ylabel="observed frequency", title="Reliability", xlim=(0, 1), ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def shift_features_figure(reference: np.ndarray, target: np.ndarray, bands):
+    """Reference vs target photometry: a magnitude histogram (the i band, or the reddest band
+    when there are fewer than four) and a colour-colour scatter of two adjacent colours (a
+    colour against that magnitude when there is one colour, nothing when there is none).
+    Feature columns: the ``len(bands)`` magnitudes, then the adjacent colours."""
+    plt = pyplot()
+    bands = list(bands)
+    nb = len(bands)
+    n_col = reference.shape[1] - nb
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    j = min(3, nb - 1)
+    colour = [f"{bands[i]} - {bands[i + 1]}" for i in range(n_col)]
+    if n_col >= 3:
+        cx, cy = nb + 1, nb + 2
+        labels = (colour[1], colour[2])
+    elif n_col == 2:
+        cx, cy = nb, nb + 1
+        labels = (colour[0], colour[1])
+    elif n_col == 1:
+        cx, cy = j, nb
+        labels = (f"{bands[j]} magnitude", colour[0])
+    else:
+        cx = cy = None
+    for data, label in ((reference, "reference"), (target, "target")):
+        axes[0].hist(data[:, j], bins=60, density=True, histtype="step", label=label)
+        if cx is not None:
+            axes[1].scatter(data[:2000, cx], data[:2000, cy], s=1, alpha=0.4, label=label)
+    axes[0].set(xlabel=f"{bands[j]} magnitude", ylabel="density")
+    axes[0].legend()
+    if cx is None:
+        axes[1].axis("off")
+    else:
+        axes[1].set(xlabel=labels[0], ylabel=labels[1])
+    fig.tight_layout()
+    return fig
+
+
+def nz_bands_figure(zgrid: np.ndarray, fiducial: np.ndarray, realizations: np.ndarray, true_nz: np.ndarray,
+                    edges: np.ndarray):
+    """Per tomographic bin: the stacked-p(z) n(z), the 68%/95% bands of its realizations
+    (n_real, n_bins, nz) and the histogram of the true redshifts."""
+    plt = pyplot()
+    nb = len(fiducial)
+    fig, axes = plt.subplots(nb, 1, figsize=(7, 1.8 * nb + 0.6), sharex=True, squeeze=False)
+    lo95, lo68, hi68, hi95 = np.percentile(realizations, [2.5, 16, 84, 97.5], axis=0)
+    for b, ax in enumerate(axes[:, 0]):
+        ax.fill_between(zgrid, lo95[b], hi95[b], color="tab:blue", alpha=0.2, label="95% of realizations")
+        ax.fill_between(zgrid, lo68[b], hi68[b], color="tab:blue", alpha=0.4, label="68%")
+        ax.plot(zgrid, fiducial[b], color="tab:blue", lw=1, label="stacked p(z)")
+        ax.step(zgrid, true_nz[b], where="mid", color="k", lw=0.8, label="true z")
+        ax.axvspan(edges[b], edges[b + 1], color="0.9", zorder=-1)
+        ax.set_ylabel(f"bin {b}")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    axes[-1, 0].set_xlabel("z")
+    fig.tight_layout()
+    return fig
+
+
+def cl_errors_figure(ell: np.ndarray, pairs, data: np.ndarray, sigma_gauss: np.ndarray, sigma_nz: np.ndarray):
+    """Auto-spectra per probe with their Gaussian (band) and n(z)-induced (bars) errors;
+    ``pairs`` as :func:`calipers.cosmology.tracer_pairs` gives them, one row of ``data`` each."""
+    plt = pyplot()
+    autos = [i for i, (a, b) in enumerate(pairs) if a == b]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    f = ell * (ell + 1) / (2 * np.pi)
+    for ax, probe in zip(axes, ("shear", "density")):
+        for i in [i for i in autos if pairs[i][0][0] == probe]:
+            line = ax.loglog(ell, f * data[i], label=f"bin {pairs[i][0][1]}")[0]
+            ax.fill_between(ell, f * (data[i] - sigma_gauss[i]), f * (data[i] + sigma_gauss[i]),
+                            color=line.get_color(), alpha=0.15)
+            ax.errorbar(ell, f * data[i], yerr=f * sigma_nz[i], fmt="none", ecolor=line.get_color(), capsize=2)
+        ax.set(xlabel=r"$\ell$", ylabel=r"$\ell(\ell+1)C_\ell/2\pi$",
+               title=f"{probe} autos: band = Gaussian error, bars = n(z)-induced")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def cl_error_ratio_figure(ell: np.ndarray, ratio: np.ndarray, names):
+    """sigma_n(z) / sigma_Gauss per ell bin: every spectrum (grey), the median and the largest."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in ratio:
+        ax.semilogx(ell, r, lw=0.6, color="0.6")
+    ax.semilogx(ell, np.median(ratio, axis=0), color="tab:red", lw=2, label="median over spectra")
+    ax.semilogx(ell, ratio.max(0), color="tab:red", lw=1, ls="--", label="largest")
+    ax.set(xlabel=r"$\ell$", ylabel=r"$\sigma_{n(z)} / \sigma_{\rm Gauss}$",
+           title="n(z)-induced scatter of C_ell relative to the Gaussian error")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def sbc_ranks_figure(ranks: np.ndarray, ks_pvalues, num_posterior_samples: int, names, bins: int = 10):
+    """SBC rank histogram per parameter with the 99% band of uniform ranks."""
+    from scipy import stats
+
+    plt = pyplot()
+    k = len(names)
+    cols = min(k, 5)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+    n = len(ranks)
+    lo, hi = stats.binom.ppf([0.005, 0.995], n, 1 / bins)
+    for j, ax in enumerate(axes.ravel()):
+        if j >= k:
+            ax.axis("off")
+            continue
+        ax.hist(ranks[:, j], bins=bins, range=(0, num_posterior_samples), color="tab:blue", alpha=0.8)
+        ax.axhspan(lo, hi, color="0.6", alpha=0.4)
+        ax.set_title(f"{names[j]} (p={ks_pvalues[j]:.2g})", fontsize=8)
+    fig.suptitle("SBC rank histograms (band: 99% for uniform ranks)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def tarp_figure(alpha: np.ndarray, ecp: np.ndarray, atc: float):
+    """TARP expected coverage against credibility level."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.plot(alpha, ecp, color="tab:red")
+    ax.set(xlabel="credibility level", ylabel="expected coverage", title=f"TARP (ATC {atc:+.3f})",
+           xlim=(0, 1), ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def corner_figure(samples: np.ndarray, names, truth: np.ndarray, max_params: int = 6):
+    """Corner plot of posterior samples (at most ``max_params`` parameters) with the true values."""
+    plt = pyplot()
+    k = min(len(names), max_params)
+    fig, axes = plt.subplots(k, k, figsize=(1.8 * k + 1, 1.8 * k + 1), squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+            elif i == j:
+                ax.hist(samples[:, i], bins=40, color="tab:blue", alpha=0.8)
+                ax.axvline(truth[i], color="k", lw=0.8)
+            else:
+                ax.hist2d(samples[:, j], samples[:, i], bins=40, cmap="Blues")
+                ax.plot(truth[j], truth[i], "k+", ms=8)
+            if i == k - 1:
+                ax.set_xlabel(names[j], fontsize=7)
+            if j == 0 and i > 0:
+                ax.set_ylabel(names[i], fontsize=7)
+            ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
