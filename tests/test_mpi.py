@@ -139,4 +139,5 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path, mpi_env):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env, timeout=120)
     assert proc.returncode != 0
     assert "unknown qp parameterization" in proc.stdout + proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yml", "pz.hdf5", "truth.hdf5"]
+    # (.calipers may keep rank 0's output lock if the abort killed it first: stale, taken over by the next run)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".calipers") == ["cfg.yml", "pz.hdf5", "truth.hdf5"]

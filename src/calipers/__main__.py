@@ -6,6 +6,9 @@ import sys
 
 
 def main() -> int:
+    from calipers.cli import configure_runtime
+
+    configure_runtime()  # before numba is imported: its cache goes to a user directory
     import ceci
 
     import calipers.stages  # noqa: F401  (registers every calipers stage with ceci)

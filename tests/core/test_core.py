@@ -286,3 +286,193 @@ def test_background_qp_write_error_is_raised(tmp_path):
     bad = dict(chunk, means=np.ones((4, 2)))  # 2 components where the file has 3
     with pytest.raises((TypeError, ValueError)):
         write_qp_chunks(tmp_path / "c.hdf5", [chunk, bad, chunk], background=True)
+
+
+# ---------------------------------------------------------------------------- pkg:// containment
+@pytest.mark.parametrize("bad", ["pkg://rail/../../etc/passwd", "pkg://rail/examples_data/../../../etc/passwd",
+                                 "pkg://rail//etc/passwd", "pkg://rail/"])
+def test_pkg_path_must_stay_inside_its_package(bad):
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_path(bad)
+    assert bad in str(err.value) and "rail" in str(err.value)
+
+
+def test_pkg_path_symlink_out_of_the_package_is_refused(tmp_path, monkeypatch):
+    pkg = tmp_path / "lib" / "escape_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", pkg / "link.txt")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    with pytest.raises(FileNotFoundError, match="outside package 'escape_pkg'"):
+        resolve_path("pkg://escape_pkg/link.txt")
+
+
+def test_pkg_path_does_not_import_the_package(tmp_path, monkeypatch):
+    """Locating a package must not run its code (find_spec, not import_module)."""
+    import sys
+
+    pkg = tmp_path / "lib" / "side_effect_pkg"
+    pkg.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (pkg / "data.txt").write_text("x")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    assert resolve_path("pkg://side_effect_pkg/data.txt") == str(pkg / "data.txt")
+    assert not marker.exists() and "side_effect_pkg" not in sys.modules
+
+
+def test_pkg_path_names_must_be_package_names():
+    with pytest.raises(FileNotFoundError, match="not a package name"):
+        resolve_path("pkg://../etc/passwd")
+
+
+# ---------------------------------------------------------------------------- catalog column errors
+def test_string_and_2d_columns_are_errors_naming_file_group_and_column(tmp_path):
+    path = str(tmp_path / "odd.hdf5")
+    with h5py.File(path, "w") as f:
+        f["photometry/name"] = np.array([b"a", b"b", b"c"])
+        f["photometry/z2d"] = np.ones((3, 2))
+        f["photometry/z"] = np.ones(3)
+    with pytest.raises(CatalogError) as err:
+        read_columns(path, "photometry", ["z", "name"])
+    assert path in str(err.value) and "'name'" in str(err.value) and "'photometry'" in str(err.value)
+    assert "numeric" in str(err.value)
+    with pytest.raises(CatalogError, match=r"'z2d'.*shape \(3, 2\).*1-d"):
+        read_columns(path, "photometry", ["z2d"])
+    with pytest.raises(CatalogError, match="'z2d'"):
+        list(iter_chunks(path, "photometry", ["z2d"], 2))
+    assert read_columns(path, "photometry", ["name"], numeric=False)["name"].tolist() == [b"a", b"b", b"c"]
+
+
+def test_truncated_hdf5_is_an_error_naming_the_file(tmp_path):
+    from calipers.core.errors import FileFormatError
+
+    path = write_catalog(tmp_path / "cat.hdf5", {"z": np.arange(20000.0)})
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    with pytest.raises(FileFormatError) as err:
+        catalog_info(path, "photometry")
+    assert path in str(err.value) and "truncated" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no_such.hdf5"):
+        catalog_info(str(tmp_path / "no_such.hdf5"), "photometry")
+
+
+def test_matching_ids_name_the_first_mismatching_row(tmp_path):
+    from calipers.core.catalog import check_matching_ids
+
+    ids = np.arange(100, 110)
+    a = write_catalog(tmp_path / "a.hdf5", {"id": ids})
+    b = write_catalog(tmp_path / "b.hdf5", {"id": ids})
+    swapped = ids.copy()
+    swapped[[4, 6]] = swapped[[6, 4]]
+    c = write_catalog(tmp_path / "c.hdf5", {"id": swapped})
+    assert check_matching_ids(a, "photometry/id", b, "photometry", "id", chunk_size=3) is True
+    assert check_matching_ids(a, "photometry/id", b, "photometry", "") is False           # switched off
+    assert check_matching_ids(a, "photometry/nope", b, "photometry", "id") is False       # no ids: nothing to compare
+    with pytest.raises(CatalogError) as err:
+        check_matching_ids(a, "photometry/id", c, "photometry", "id", chunk_size=3)
+    msg = str(err.value)
+    assert "row 4 has id 104" in msg and "106" in msg and a in msg and c in msg
+
+
+# ---------------------------------------------------------------------------- qp chunk files
+def test_one_row_chunk_keeps_two_dimensional_data(tmp_path):
+    """qp squeezes a 1-distribution ensemble to 1-d data and refuses to slice it: a chunk of one
+    row (row 20,000 of 20,001 at chunk_size 20,000) crashed every p(z) stage with IndexError."""
+    import qp
+
+    from calipers.core.qpio import read_qp_rows
+    from calipers.validate.metrics import grid_pdfs
+
+    n, zgrid = 5, np.linspace(0, 3, 31)
+    mix = qp.Ensemble(qp.mixmod, data=dict(means=np.linspace(0.5, 1, n)[:, None], stds=np.full((n, 1), 0.1),
+                                           weights=np.ones((n, 1))))
+    mix.set_ancil({"zmode": np.arange(n) * 1.0})
+    mix.write_to(str(tmp_path / "mix.hdf5"))
+    interp = qp.Ensemble(qp.interp, data=dict(xvals=zgrid, yvals=np.exp(-((zgrid - 1) ** 2))[None, :].repeat(n, 0)))
+    interp.write_to(str(tmp_path / "interp.hdf5"))
+    for name in ("mix", "interp"):
+        one = read_qp_rows(str(tmp_path / f"{name}.hdf5"), 4, 5)
+        assert one.npdf == 1 and all(np.ndim(v) == 2 and np.shape(v)[0] == 1 for v in one.objdata.values())
+        pdfs, valid = grid_pdfs(one, zgrid)
+        many, _ = grid_pdfs(read_qp_rows(str(tmp_path / f"{name}.hdf5"), 0, 5), zgrid)
+        assert pdfs.shape == (1, 31) and valid.all()
+        np.testing.assert_allclose(pdfs[0], many[4])
+    assert read_qp_rows(str(tmp_path / "mix.hdf5"), 4, 5).ancil["zmode"].tolist() == [4.0]
+
+
+def test_qp_writer_setup_failure_closes_and_removes_its_file(tmp_path):
+    import threading
+
+    from calipers.core.qpio import QPChunkWriter
+
+    path = tmp_path / "bad.hdf5"
+    layout = dict(QP_LAYOUT, data_shapes={"weights": (-3,)})  # h5py refuses a negative shape
+    with pytest.raises((ValueError, TypeError, OverflowError)):
+        QPChunkWriter(str(path), 4, background=True, **layout)
+    assert not path.exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("qp-writer")]
+    with h5py.File(path, "w"):  # nothing holds the name open
+        pass
+
+
+def test_qp_writer_never_hides_the_callers_exception(tmp_path, caplog):
+    """A failing background write surfacing at close must not replace the stage's own error."""
+    from calipers.core.qpio import QPChunkWriter
+
+    bad = {"weights": np.ones((4, 2)), "means": np.ones((4, 3)), "stds": np.ones((4, 3))}  # 2 where 3 are
+    with pytest.raises(RuntimeError, match="the stage's own error"):
+        with QPChunkWriter(str(tmp_path / "o.hdf5"), 4, background=True, **QP_LAYOUT) as out:
+            out.write(0, 4, bad, {"zmode": np.ones(4)})
+            raise RuntimeError("the stage's own error")
+    assert "error while closing after a failure" in caplog.text
+    # without an error of its own, the writer's error is raised
+    with pytest.raises((TypeError, ValueError)):
+        with QPChunkWriter(str(tmp_path / "p.hdf5"), 4, background=True, **QP_LAYOUT) as out:
+            out.write(0, 4, bad, {"zmode": np.ones(4)})
+
+
+def test_qp_size_of_a_file_that_is_not_qp(tmp_path):
+    from calipers.core.errors import FileFormatError
+    from calipers.core.qpio import qp_size
+
+    path = write_catalog(tmp_path / "cat.hdf5", {"z": np.ones(3)})
+    with pytest.raises(FileFormatError, match=f"{path}: not a qp ensemble"):
+        qp_size(path)
+
+
+# ---------------------------------------------------------------------------- locks
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog):
+    import socket
+    import subprocess
+    import sys
+
+    from calipers.core.errors import OutputLocked
+    from calipers.core.lock import Lock
+
+    path = tmp_path / ".calipers" / "run.lock"
+    path.parent.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "started": "x", "command": "c"}))
+        with pytest.raises(OutputLocked) as err:
+            Lock(str(path), "output directory d").acquire()
+        assert str(path) in str(err.value) and f"pid {live.pid}" in str(err.value)
+    finally:
+        live.kill()
+        live.wait()
+    path.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    with Lock(str(path), "output directory d"):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert "stale lock" in caplog.text
+    assert not path.exists() and not path.parent.exists()  # released, empty .calipers removed

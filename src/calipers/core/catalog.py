@@ -187,6 +187,6 @@ def compare_ids(ids: np.ndarray, catalog_ids: np.ndarray, start: int, source: st
     if bad.size:
         i = int(bad[0])
         raise CatalogError(
-            f"{source} and {catalog} are not in the same row order: row {start + i} has id {ids[i]!r} in "
-            f"{source} ({source_name}) but {catalog_ids[i]!r} in {catalog} (column '{id_column}'); "
+            f"{source} and {catalog} are not in the same row order: row {start + i} has id {ids[i].tolist()!r} in "
+            f"{source} ({source_name}) but {catalog_ids[i].tolist()!r} in {catalog} (column '{id_column}'); "
             f"{bad.size} of rows {start}:{start + len(ids)} differ")

@@ -177,7 +177,9 @@ class NZGate(GateStage):
     Checks per bin: the mean-z offset |<z>_nz - <z>_true| against ``max_mean_offset`` x (1 + <z>)
     (the DESC Y1 lensing-source requirement is 0.002), and whether the true mean lies within
     ``n_sigma`` standard deviations of the realizations' mean-z spread (is the stated
-    uncertainty honest?). Writes n(z) bands over the true histogram per bin.
+    uncertainty honest?). Writes n(z) bands over the true histogram per bin. When the
+    tomography file (ids from the p(z)) and the truth catalog both carry ids they must agree row
+    by row.
     """
 
     name = "NZGate"

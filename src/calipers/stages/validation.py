@@ -24,6 +24,10 @@ class ValidationGate(GateStage):
     p(z) give to redshift intervals (``reliability_edges``; the events a tomographic binning
     uses). Writes ``report.json``, a PIT histogram with its null band, the coverage curve, the
     reliability diagram and ``index.html``.
+
+    p(z) and truth are matched by row; when the p(z) ancil and the truth catalog both carry ids
+    (``id_column``) they must agree row by row (the first mismatching row is an error). An empty
+    p(z) file is an error.
     """
 
     name = "ValidationGate"
@@ -100,7 +104,7 @@ class ShiftTest(GateStage):
     Features: magnitudes and adjacent colours (non-detections replaced by the reference
     catalog's fill magnitudes, see :mod:`calipers.photoz.preprocess`). Runs a kernel MMD test
     with a permutation p-value and a classifier two-sample test; fails when either p-value is
-    below ``min_p_value``.
+    below ``min_p_value``. Works with any number of bands (the figure adapts to fewer than four).
     """
 
     name = "ShiftTest"
