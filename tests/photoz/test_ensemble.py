@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from calipers.core.models import load_model, save_model
+from calipers.core.models import check_model_bands, load_model, save_model
 from calipers.core.errors import ModelMismatchError
-from calipers.photoz import DeepEnsemble, EnsembleConfig, PhotometryPreprocessor, mixture_point_estimates
+from calipers.photoz import (BandMismatchError, DeepEnsemble, EnsembleConfig, PhotometryPreprocessor,
+                             mixture_point_estimates)
 from conftest import BANDS, TINY_ENSEMBLE, mags_errs
 
 
@@ -141,6 +142,7 @@ def test_load_rejects_foreign_directories(ensemble, tmp_path):
     save_model(str(d), ensemble)
     meta = json.loads((d / "metadata.json").read_text())
     meta["format"] = "someone.else/9"
+    del meta["checksums"]  # as a directory written without checksums (else the checksum fails first)
     (d / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelMismatchError, match="someone.else/9"):
         load_model(str(d))
@@ -154,13 +156,20 @@ def test_config_rejects_unusable_training_settings(bad):
 
 # ---------------------------------------------------------------------------- bands
 def test_check_bands(ensemble):
+    """The algorithm raises its own ValueError subclass (photoz does not import calipers.core);
+    calipers.core.models.check_model_bands turns it into ModelMismatchError, same message."""
     ensemble.check_bands(BANDS)  # the training bands pass
-    with pytest.raises(ModelMismatchError) as err:
+    with pytest.raises(BandMismatchError) as err:
         ensemble.check_bands(["g", "r", "i", "z"], source="my.hdf5")
+    assert isinstance(err.value, ValueError)
     msg = str(err.value)
     assert "my.hdf5" in msg and "['g', 'r', 'i', 'z']" in msg and str(BANDS) in msg
-    with pytest.raises(ModelMismatchError):
+    with pytest.raises(BandMismatchError):
         ensemble.check_bands(list(reversed(BANDS)))  # same bands, wrong order
+    check_model_bands(ensemble, BANDS)
+    with pytest.raises(ModelMismatchError) as err:
+        check_model_bands(ensemble, ["g", "r", "i", "z"], source="my.hdf5")
+    assert str(err.value) == msg
 
 
 def test_predict_rejects_wrong_number_of_bands(ensemble, valid10):
@@ -194,19 +203,22 @@ def test_nondetections_give_finite_predictions(ensemble, valid10):
     np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
     for key, v in mixture_point_estimates(w, mu, s).items():
         assert np.all(np.isfinite(v)), key
-    # the preprocessor really flagged them (the model saw flags, not 99s)
+    # the preprocessor really flagged them (the model saw flags, not 99s); a missing error on a
+    # detected magnitude is not a non-detection
     m, e, flags = ensemble.preprocessor.transform(mags, errs)
     assert np.all(np.isfinite(m)) and np.all(np.isfinite(e)) and np.all(e > 0)
     assert np.all(np.abs(m) < 90)
-    np.testing.assert_array_equal(flags.astype(bool), ~np.isfinite(mags) | (np.abs(mags) >= 90) | ~(errs > 0) | ~np.isfinite(errs))
+    np.testing.assert_array_equal(flags.astype(bool), ~np.isfinite(mags) | (np.abs(mags) >= 90))
+    assert flags[0, 5] == 0 and flags[1, 5] == 0 and m[0, 5] == mags[0, 5] and m[1, 5] == mags[1, 5]
 
 
 def test_count_nondetections(ensemble, valid10):
     mags, errs = with_nondetections(valid10)
     counts = ensemble.preprocessor.count_nondetections(mags, errs)
-    expected = {b: len(range(j, 10, 2)) for j, b in enumerate(BANDS) if b in SENTINELS}
-    expected["y"] = 2  # the NaN and the zero error
+    expected = {b: len(range(j, 10, 2)) if b in SENTINELS else 0 for j, b in enumerate(BANDS)}
     assert counts == expected
+    missing = ensemble.preprocessor.count_missing_errors(mags, errs)
+    assert missing == {b: 2 if b == "y" else 0 for b in BANDS}  # the NaN and the zero error
 
 
 def test_preprocessor_fit_rejects_all_nondetected_band():

@@ -3,65 +3,157 @@
 ``weights.pt`` is loaded with ``torch.load(..., weights_only=True)``, which refuses anything but
 tensors and plain containers, so opening a model never executes code. The algorithm packages
 turn their models into (metadata, state dicts) and back; this module alone does the file I/O.
+
+Checksums
+---------
+:func:`write_model_dir` stores, in the metadata's ``checksums`` field, the SHA-256 of the
+``weights.pt`` bytes and of the canonical metadata (the metadata without ``checksums``, as JSON
+with sorted keys and no whitespace). :func:`read_model_dir` verifies both before it unpickles
+anything, so an edited metadata value (member count, activation, a fill value) or a flipped
+weight byte is an error naming the file, not a model that quietly gives NaN or different p(z).
+Directories written before checksums existed load with a logged warning. Either way the
+algorithm then checks the values themselves (a null fill value, a member count that does not
+match the state dicts, ...).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import os
+import pickle
+import zipfile
 
 import torch
 
-from calipers.core.errors import ModelMismatchError
-from calipers.photoz.ensemble import DeepEnsemble
+from calipers.core.errors import ModelFileError, ModelMismatchError
+from calipers.photoz.ensemble import BandMismatchError, DeepEnsemble, ModelStateError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "weights.pt"
+CHECKSUMS_KEY = "checksums"
+
+
+def canonical_json(meta: dict) -> bytes:
+    """The bytes a metadata checksum is taken over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_model_dir(directory: str, meta: dict, states: dict, meta_name: str = "metadata.json") -> None:
-    """Write ``meta`` as JSON and ``states`` (tensors in plain containers) as ``weights.pt``."""
+    """Write ``states`` (tensors in plain containers) as ``weights.pt`` and ``meta`` as JSON, with
+    the SHA-256 checksums of both (see the module docstring) in ``meta[\"checksums\"]``."""
+    if CHECKSUMS_KEY in meta:
+        raise ValueError(f"model metadata may not contain the reserved key {CHECKSUMS_KEY!r}")
     os.makedirs(directory, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(states, buffer)
+    weights = buffer.getvalue()
+    plain = json.loads(json.dumps(meta))  # what a reader gets back: tuples as lists, keys as strings
+    checksums = {WEIGHTS_NAME: sha256(weights), meta_name: sha256(canonical_json(plain))}
+    with open(os.path.join(directory, WEIGHTS_NAME), "wb") as fh:
+        fh.write(weights)
     with open(os.path.join(directory, meta_name), "w") as fh:
-        json.dump(meta, fh, indent=1)
-    torch.save(states, os.path.join(directory, "weights.pt"))
+        json.dump(plain | {CHECKSUMS_KEY: checksums}, fh, indent=1)
 
 
 def read_model_dir(directory: str, what: str = "calipers model", meta_name: str = "metadata.json"
                    ) -> tuple[dict, dict]:
-    """(metadata, state dicts) of a directory written by :func:`write_model_dir`, without executing code."""
+    """(metadata without its checksums, state dicts) of a directory written by
+    :func:`write_model_dir`, without executing code.
+
+    Raises
+    ------
+    FileNotFoundError
+        No metadata file or no ``weights.pt``.
+    ModelFileError
+        Invalid JSON, a checksum that does not match (a file modified after it was written, or
+        corrupt), or a ``weights.pt`` torch cannot read (truncated, not a torch file, or holding
+        anything but tensors and plain containers); the message names the file.
+    """
     meta_path = os.path.join(directory, meta_name)
+    weights_path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.exists(meta_path):
         raise FileNotFoundError(f"{directory}: not a {what} directory (no {meta_name})")
-    with open(meta_path) as fh:
-        meta = json.load(fh)
-    states = torch.load(os.path.join(directory, "weights.pt"), map_location="cpu", weights_only=True)
+    if not os.path.exists(weights_path):
+        raise FileNotFoundError(f"{weights_path}: missing; a {what} directory needs {meta_name} and {WEIGHTS_NAME}")
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{meta_path}: not valid JSON ({err}); the file is corrupt or was edited") from err
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    with open(weights_path, "rb") as fh:
+        weights = fh.read()
+    checksums = meta.pop(CHECKSUMS_KEY, None)
+    if checksums is None:
+        log.warning("%s: written without checksums (before calipers stored them); its files cannot be "
+                    "verified - rewrite it (retrain or re-save) to protect it", directory)
+    else:
+        if not isinstance(checksums, dict):
+            raise ModelFileError(f"{meta_path}: '{CHECKSUMS_KEY}' must be a JSON object, got {checksums!r}")
+        if checksums.get(meta_name) != sha256(canonical_json(meta)):
+            raise ModelFileError(f"{meta_path}: the metadata was modified after it was written, or is corrupt "
+                                 "(its SHA-256 does not match the one stored when it was written); "
+                                 "restore the original file or retrain")
+        if checksums.get(WEIGHTS_NAME) != sha256(weights):
+            raise ModelFileError(f"{weights_path}: the weights were modified after they were written, or the file "
+                                 f"is corrupt or truncated ({len(weights)} bytes; its SHA-256 does not match the one "
+                                 f"in {meta_name}); restore the original file or retrain")
+    try:
+        states = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise ModelFileError(f"{weights_path}: cannot be read as torch state dicts ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); the file is truncated, corrupt, "
+                             "or holds something other than tensors (refused without executing it)") from err
     return meta, states
 
 
 def save_model(directory: str, ensemble: DeepEnsemble) -> None:
-    """Write a photo-z ensemble: ``metadata.json`` and ``weights.pt``."""
+    """Write a photo-z ensemble: ``metadata.json`` and ``weights.pt`` (with checksums)."""
     write_model_dir(directory, *ensemble.state())
 
 
 def load_model(directory: str) -> DeepEnsemble:
-    """Load a photo-z ensemble written by :func:`save_model`, without executing code."""
+    """Load a photo-z ensemble written by :func:`save_model`, without executing code, after
+    verifying its checksums and every metadata value (:class:`ModelMismatchError` naming the
+    directory and what is wrong)."""
     meta, states = read_model_dir(directory, "calipers model")
     try:
         return DeepEnsemble.from_state(meta, states)
-    except ModelMismatchError as err:
+    except ModelStateError as err:
         raise ModelMismatchError(f"{directory}: {err}") from err
 
 
+def check_model_bands(ensemble: DeepEnsemble, bands: list[str], source: str = "catalog") -> None:
+    """:meth:`DeepEnsemble.check_bands` raising :class:`ModelMismatchError` (the message names
+    the model's and the given band lists)."""
+    try:
+        ensemble.check_bands(bands, source=source)
+    except BandMismatchError as err:
+        raise ModelMismatchError(str(err)) from err
+
+
 def save_estimator(directory: str, net, config, theta_rows, x_rows, extra: dict | None = None) -> None:
-    """Write an SBI estimator (see :func:`calipers.sbi.estimator_state`)."""
+    """Write an SBI estimator (see :func:`calipers.sbi.estimator_state`), with checksums."""
     from calipers.sbi import estimator_state
 
     write_model_dir(directory, *estimator_state(net, config, theta_rows, x_rows, extra))
 
 
 def load_estimator(directory: str):
-    """(net, config, metadata) of an SBI model directory, without executing code."""
+    """(net, config, metadata) of an SBI model directory, without executing code, after
+    verifying its checksums (as :func:`load_model`)."""
     from calipers.sbi import estimator_from_state
 
     meta, state = read_model_dir(directory, "calipers SBI model")
     try:
         return estimator_from_state(meta, state)
-    except ValueError as err:
-        raise ValueError(f"{directory}: {err}") from err
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise ModelMismatchError(f"{directory}: {type(err).__name__}: {err}") from err

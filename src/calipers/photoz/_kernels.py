@@ -16,22 +16,31 @@ The kernels are serial and release the GIL: :mod:`calipers.photoz.mixture` runs 
 the rows in a thread pool.
 
 :func:`silu_` is the ensemble's hidden-layer non-linearity at estimation time (float32, in place).
+
+On-disk caching of the compiled kernels is on only when numba has a cache directory
+(``NUMBA_CACHE_DIR`` set before numba is imported, e.g. by the ``calipers`` command line): numba's
+default would write the cache next to this file, inside the installed package, where MPI ranks
+on a shared file system race on it. Without a cache directory each process compiles the kernels
+on first use: 3.8-5.8 s for all of them on one CPU core (0.3 s to load them from a warm cache).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numba import config as _numba_config
 from numba import njit
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_FAST = {"fastmath": True, "cache": True, "error_model": "numpy"}
+# cache only into a user-chosen directory, never into the package (see the module docstring)
+_CACHE = bool(_numba_config.CACHE_DIR)
+_FAST = {"fastmath": True, "cache": _CACHE, "error_model": "numpy"}
 _KERNEL = {**_FAST, "nogil": True}
 _FAR2 = 81.0  # (9 sigma)^2
 
 
-@njit(fastmath=True, cache=True, error_model="numpy", inline="always")
+@njit(fastmath=True, cache=_CACHE, error_model="numpy", inline="always")
 def _gauss(x2):
     """exp(-x2 / 2) for 0 <= x2 (clamped at 81, i.e. 9 sigma): exp(y)^128 with y = -min(x2, 81) / 256
     in [-0.32, 0] from its degree-9 Taylor series (relative error < 1e-9 after the squarings).
@@ -51,7 +60,7 @@ def _gauss(x2):
 _F32 = np.float32
 
 
-@njit(fastmath=True, cache=True, error_model="numpy", nogil=True)
+@njit(fastmath=True, cache=_CACHE, error_model="numpy", nogil=True)
 def silu_(a):
     """SiLU ``x / (1 + exp(-x))`` in place on a flat float32 array: 8 lanes at a time, about twice as
     fast as torch's here. exp(-x) = exp(y)^64 with y = -x / 64 (x clamped to [-40, 40]) from its
@@ -71,7 +80,7 @@ def silu_(a):
         a[i] = v / (_F32(1.0) + p)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=_CACHE, inline="always")
 def _keep(w, mu, s, w_min, kw, km, ks):
     """Copy the components heavier than w_min / K into kw, km, ks (at least the heaviest one)."""
     kk = w.shape[0]
@@ -94,7 +103,7 @@ def _keep(w, mu, s, w_min, kw, km, ks):
     return k
 
 
-@njit(fastmath=True, cache=True, error_model="numpy", inline="always")
+@njit(fastmath=True, cache=_CACHE, error_model="numpy", inline="always")
 def _gauss32(x2):
     """float32 exp(-x2 / 2) for 0 <= x2 (clamped at 81): exp(y)^128, y = -min(x2, 81) / 256, from its
     degree-6 Taylor series (relative error ~1e-5: float32 rounding amplified by the squarings)."""
@@ -110,14 +119,14 @@ def _gauss32(x2):
     return p * p
 
 
-@njit(fastmath=True, cache=True, error_model="numpy", inline="always")
+@njit(fastmath=True, cache=_CACHE, error_model="numpy", inline="always")
 def _tail(u):
     """(1 - erf(|u| / sqrt 2)) / 2 divided by exp(-u^2 / 2): Abramowitz & Stegun 7.1.26 (float64)."""
     t = 1.0 / (1.0 + 0.3275911 * abs(u) * _INV_SQRT2)
     return 0.5 * t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
 
 
-@njit(fastmath=True, cache=True, error_model="numpy", inline="always")
+@njit(fastmath=True, cache=_CACHE, error_model="numpy", inline="always")
 def _tail32(u):
     """:func:`_tail` in float32."""
     t = _F32(1.0) / (_F32(1.0) + _F32(0.3275911 * _INV_SQRT2) * abs(u))
@@ -156,7 +165,7 @@ def _cdf_pdf32(z, kw, km, iks, c, k):
 _Q32_TOL = 1e-5  # |F(z) - p| at which the float32 stage of the quantile search hands over
 
 
-@njit(cache=True, inline="always")
+@njit(cache=_CACHE, inline="always")
 def _bracket_step(z, g, d, lo, hi):
     """One safeguarded Newton step on F(z) - p = g with F'(z) = d: the bracket [lo, hi] shrinks to
     the side of the root, and a step leaving it is replaced by bisection. Returns (next z, lo, hi)."""
@@ -265,7 +274,7 @@ def _density32(z, c, km, iv, k):
     return acc
 
 
-@njit(cache=True, inline="always")
+@njit(cache=_CACHE, inline="always")
 def _top(values, k, m, idx):
     """Indices of the m largest of values[:k] into idx[:m], largest first; returns m."""
     m = min(m, k)
@@ -319,7 +328,7 @@ def _newton_sums32(z, c, km, iv, k):
     return p, g, h, prec
 
 
-@njit(cache=True, inline="always")
+@njit(cache=_CACHE, inline="always")
 def _mode_step(p, g, h, prec):
     """(step, scale) of the climb on log p from the sums at z (float64): scale is the local sigma
     where log p is concave (Newton) and 0 elsewhere (mean-shift steps, which climb but may be

@@ -4,6 +4,16 @@ Each member is trained from its own seed on its own random train/validation spli
 stopping on the validation negative log-likelihood. The ensemble's p(z) is the equal-weight
 mixture of the members' mixtures, so it carries both the aleatoric width each member learns
 and the epistemic spread between members.
+
+Two guards keep unusual inputs from producing absurd p(z):
+
+- **band dropout** (``EnsembleConfig.band_dropout``): during training, each detected magnitude
+  is, with that probability, given the non-detection treatment of its band (fill magnitude,
+  non-detection error, flag 1), so the network has seen every band missing even when the
+  training catalog has no non-detections in it;
+- **a redshift range**: the ensemble records the training redshift range (or the configured
+  ``zmin``/``zmax``) and every component mean is clamped into it, so no p(z) is centred at a
+  redshift the model never saw.
 """
 from __future__ import annotations
 
@@ -15,7 +25,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from calipers.core.errors import ModelMismatchError
 from calipers.photoz.mdn import (MixtureDensityNetwork, mixture_cde_loss, mixture_crps, mixture_nll,
                                  photometry_features)
 from calipers.photoz.mixture import in_threads, mixture_point_estimates
@@ -23,7 +32,18 @@ from calipers.photoz.preprocess import PhotometryPreprocessor
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "calipers.photoz.DeepEnsemble/1"
+MODEL_FORMAT = "calipers.photoz.DeepEnsemble/2"
+# written before band dropout, the redshift range and the unscaled flags: still loadable (see from_state)
+LEGACY_FORMATS = ("calipers.photoz.DeepEnsemble/1",)
+
+
+class BandMismatchError(ValueError):
+    """A photo-z model is applied to other bands than it was trained on."""
+
+
+class ModelStateError(ValueError):
+    """Saved ensemble metadata or weights are unusable (wrong format, invalid values, or weights
+    that do not match the metadata)."""
 
 
 def _silu_(h: torch.Tensor) -> torch.Tensor:
@@ -44,9 +64,28 @@ _INPLACE_ACTIVATIONS = {
 }
 
 
+def drop_bands(mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor, probability: float,
+               fill: torch.Tensor, nondetection_err: float, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Band-dropout augmentation: each detected magnitude (flag 0) is, with ``probability``,
+    given its band's non-detection treatment - magnitude ``fill`` (n_bands,) or (1, n_bands),
+    error ``nondetection_err``, flag 1 - as :class:`PhotometryPreprocessor` treats a real
+    non-detection. Returns new (mags, errs, flags); the draws come from ``generator``."""
+    drop = (torch.rand(mags.shape, generator=generator, device=mags.device) < probability) & (flags == 0)
+    return (torch.where(drop, fill.reshape(1, -1).to(mags.dtype), mags),
+            torch.where(drop, torch.full_like(errs, nondetection_err), errs),
+            torch.where(drop, torch.ones_like(flags), flags))
+
+
 @dataclass
 class EnsembleConfig:
-    """Hyper-parameters of a :class:`DeepEnsemble` (all have working defaults)."""
+    """Hyper-parameters of a :class:`DeepEnsemble` (all have working defaults).
+
+    Among them: ``band_dropout`` - during training, the probability per band and row that a
+    detected magnitude is given its band's non-detection treatment (0 disables it; see
+    :func:`drop_bands`); ``zmin``, ``zmax`` - the model's redshift range, into which every
+    component mean is clamped (None: the lowest / highest training redshift).
+    """
 
     n_members: int = 5
     n_components: int = 10
@@ -64,10 +103,33 @@ class EnsembleConfig:
     lr_patience: int = 10
     val_fraction: float = 0.1
     augment: bool = False
+    band_dropout: float = 0.03
     ema: float = 0.999
+    zmin: float | None = None
+    zmax: float | None = None
     seed: int = 0
 
+    _INTS = ("n_members", "n_components", "hidden", "n_layers", "batch_size", "max_epochs", "patience",
+             "lr_patience", "seed")
+    _FLOATS = ("cde_weight", "crps_weight", "learning_rate", "weight_decay", "val_fraction", "band_dropout", "ema")
+
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first unusable setting."""
+        for name in self._INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in self._FLOATS + ("zmin", "zmax"):
+            value = getattr(self, name)
+            if value is None and name in ("zmin", "zmax"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"augment must be true or false, got {self.augment!r}")
+        if self.activation not in MixtureDensityNetwork.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(MixtureDensityNetwork.ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
         if self.n_members < 1 or self.n_components < 1 or self.hidden < 1 or self.n_layers < 1:
             raise ValueError(f"n_members, n_components, hidden and n_layers must be positive: {self}")
         if not 0 < self.val_fraction < 1:
@@ -80,6 +142,10 @@ class EnsembleConfig:
             raise ValueError(f"need learning_rate > 0 and weight_decay, cde_weight, crps_weight >= 0: {self}")
         if self.colours not in ("adjacent", "all"):
             raise ValueError(f"colours must be 'adjacent' or 'all', got {self.colours!r}")
+        if not 0 <= self.band_dropout <= 0.5:
+            raise ValueError(f"band_dropout must be in [0, 0.5] (0 disables it), got {self.band_dropout}")
+        if self.zmin is not None and self.zmax is not None and not self.zmin < self.zmax:
+            raise ValueError(f"need zmin < zmax, got zmin={self.zmin}, zmax={self.zmax}")
 
 
 class DeepEnsemble:
@@ -97,6 +163,7 @@ class DeepEnsemble:
         self.preprocessor: PhotometryPreprocessor | None = None
         self.members: list[MixtureDensityNetwork] = []
         self.history: list[dict] = []
+        self.z_range: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ training
     @property
@@ -105,7 +172,8 @@ class DeepEnsemble:
 
     def _new_member(self) -> MixtureDensityNetwork:
         c = self.config
-        return MixtureDensityNetwork(len(self.bands), c.n_components, c.hidden, c.n_layers, c.activation, c.colours)
+        return MixtureDensityNetwork(len(self.bands), c.n_components, c.hidden, c.n_layers, c.activation, c.colours,
+                                     z_range=self.z_range)
 
     def fit(self, mags: np.ndarray, errs: np.ndarray, z: np.ndarray, bands: list[str], device: str = "cpu",
             progress: bool = True, members=None) -> "DeepEnsemble":
@@ -117,7 +185,9 @@ class DeepEnsemble:
             Magnitudes and their errors; non-detections are handled by
             :class:`PhotometryPreprocessor`.
         z : (n,) array
-            True (spectroscopic) redshifts; must be finite.
+            True (spectroscopic) redshifts; must be finite, and inside ``[zmin, zmax]`` where
+            those are configured. The model's redshift range is ``[zmin, zmax]``, each end
+            defaulting to the lowest / highest training redshift.
         bands : list of str
             Band names, stored in the model and checked when it is applied.
         device : str
@@ -133,10 +203,19 @@ class DeepEnsemble:
         bad = np.flatnonzero(~np.isfinite(z))
         if bad.size:
             raise ValueError(f"redshift is not finite in {bad.size} row(s), first at row {bad[0]}")
+        lo = float(z.min()) if self.config.zmin is None else float(self.config.zmin)
+        hi = float(z.max()) if self.config.zmax is None else float(self.config.zmax)
+        outside = np.flatnonzero((z < lo) | (z > hi))
+        if outside.size:
+            raise ValueError(f"redshift outside the configured range [{lo}, {hi}] in {outside.size} row(s), "
+                             f"first at row {outside[0]} (z = {z[outside[0]]}); widen zmin/zmax or cut the catalog")
+        if not lo < hi:
+            raise ValueError(f"every training redshift is {lo}: a redshift range needs zmin < zmax")
         n_val = int(round(self.config.val_fraction * len(z)))
         if n_val < 1 or len(z) - n_val < 1:
             raise ValueError(f"need at least 2 training rows (got {len(z)}) for a validation split")
         self.preprocessor = PhotometryPreprocessor(list(bands)).fit(mags, errs)
+        self.z_range = (lo, hi)
         m, e, f = (torch.as_tensor(a) for a in self.preprocessor.transform(mags, errs))
         zt = torch.as_tensor(z, dtype=torch.float32)
         self.members, self.history = [], []
@@ -196,6 +275,8 @@ class DeepEnsemble:
         opt = torch.optim.AdamW(net.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=c.lr_patience)
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+        fill, nd_err = self.preprocessor.nondetection_treatment()
+        fill = torch.as_tensor(fill, device=device)[None, :]
         best, best_state, best_epoch, waited = float("inf"), None, -1, 0
         bar = tqdm(range(c.max_epochs), desc=f"member {k + 1}/{c.n_members}", disable=not progress, leave=False)
         for epoch in bar:
@@ -203,12 +284,14 @@ class DeepEnsemble:
             perm = torch.as_tensor(rng.permutation(train), device=device)
             for i in range(0, len(perm), c.batch_size):
                 b = perm[i:i + c.batch_size]
-                mb = m[b]
+                mb, eb, fb = m[b], e[b], f[b]
                 if c.augment:  # redraw detected magnitudes within their errors
                     noise = torch.randn(mb.shape, generator=gen, device=device)
-                    mb = mb + e[b] * noise * (1 - f[b])
+                    mb = mb + eb * noise * (1 - fb)
+                if c.band_dropout > 0:
+                    mb, eb, fb = drop_bands(mb, eb, fb, c.band_dropout, fill, nd_err, gen)
                 opt.zero_grad()
-                loss = self._loss(net(mb, e[b], f[b]), z[b])
+                loss = self._loss(net(mb, eb, fb), z[b])
                 loss.backward()
                 opt.step()
                 if c.ema > 0:
@@ -238,9 +321,10 @@ class DeepEnsemble:
 
     # ------------------------------------------------------------------ inference
     def check_bands(self, bands: list[str], source: str = "catalog") -> None:
-        """Raise :class:`ModelMismatchError` unless ``bands`` equals the training bands."""
+        """Raise :class:`BandMismatchError` (a ``ValueError``) naming both band lists unless ``bands``
+        equals the training bands (same order)."""
         if list(bands) != self.bands:
-            raise ModelMismatchError(
+            raise BandMismatchError(
                 f"{source}: this model was trained on bands {self.bands} but was given {list(bands)}; "
                 "retrain the model or configure the matching bands"
             )
@@ -272,7 +356,8 @@ class DeepEnsemble:
         All members are evaluated together (batched matrix products over the members, the
         features computed once), in blocks of ``block`` rows so that the activations stay in
         cache. Each row's result depends only on that row, up to float32 rounding of the matrix
-        products (~1e-7), which may depend on how many rows go in together.
+        products (~1e-7), which may depend on how many rows go in together. Every mean lies in
+        the model's redshift range :attr:`z_range` (when it has one).
         """
         if not self.members:
             raise RuntimeError("DeepEnsemble.predict called before fit or load")
@@ -292,7 +377,7 @@ class DeepEnsemble:
                     h = act(h)
             logits, mean, log_s = h[..., :3 * k].split(k, dim=-1)  # each (members, rows, K)
             w[sl] = torch.softmax(logits, dim=-1).transpose(0, 1) / nm
-            mu[sl] = mean.transpose(0, 1)
+            mu[sl] = (mean if self.z_range is None else mean.clamp(*self.z_range)).transpose(0, 1)
             s[sl] = torch.exp(log_s.clamp(first.LOG_SIGMA_MIN, first.LOG_SIGMA_MAX)).transpose(0, 1)
         return tuple(a.reshape(n, nm * k).numpy() for a in (w, mu, s))
 
@@ -327,21 +412,76 @@ class DeepEnsemble:
             "format": MODEL_FORMAT,
             "config": asdict(self.config),
             "preprocessor": self.preprocessor.to_dict(),
+            "z_range": list(self.z_range),
             "history": self.history,
         }
         return meta, {f"member_{i}": net.state_dict() for i, net in enumerate(self.members)}
 
     @classmethod
     def from_state(cls, meta: dict, states: dict) -> "DeepEnsemble":
-        """Rebuild an ensemble from :meth:`state` output."""
-        if meta.get("format") != MODEL_FORMAT:
-            raise ModelMismatchError(f"model format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
-        ens = cls(EnsembleConfig(**meta["config"]))
-        ens.preprocessor = PhotometryPreprocessor.from_dict(meta["preprocessor"])
+        """Rebuild an ensemble from :meth:`state` output, checking it: the format, every config
+        and preprocessor value, the redshift range, one state dict per member (no more, no
+        fewer), each fitting the architecture and finite. Raises :class:`ModelStateError`
+        naming what is wrong.
+
+        A model of a legacy format (``.../1``, written before band dropout and the redshift
+        range) loads with a logged warning: its constant features (scaled by a 1e-6 floor, which
+        turned an unseen non-detection flag into an input of 1e6) get scale 1 - identical
+        predictions for inputs like its training set - and its means are not bounded. Retrain
+        it for bounded p(z) that have seen every band missing.
+        """
+        if not isinstance(meta, dict):
+            raise ModelStateError(f"metadata must be a JSON object, got {type(meta).__name__}")
+        fmt = meta.get("format")
+        legacy = fmt in LEGACY_FORMATS
+        if fmt != MODEL_FORMAT and not legacy:
+            raise ModelStateError(f"model format {fmt!r}, expected {MODEL_FORMAT!r}")
+        config = meta.get("config")
+        if not isinstance(config, dict):
+            raise ModelStateError(f"'config' must be a JSON object, got {config!r}")
+        if legacy:
+            config = {"band_dropout": 0.0, **config}  # legacy models were trained without it
+        try:
+            ens = cls(EnsembleConfig(**config))
+        except TypeError as err:
+            known = sorted(EnsembleConfig.__dataclass_fields__)
+            raise ModelStateError(f"'config': {err} (known keys: {known})") from err
+        except ValueError as err:
+            raise ModelStateError(f"'config': {err}") from err
+        try:
+            ens.preprocessor = PhotometryPreprocessor.from_dict(meta.get("preprocessor"))
+        except (TypeError, ValueError) as err:
+            raise ModelStateError(f"'preprocessor': {err}") from err
+        if legacy:
+            log.warning("model format %r (written before band dropout and the redshift range): its mixture means "
+                        "are not bounded and it has not seen every band missing; retrain it with this calipers", fmt)
+        else:
+            z_range = meta.get("z_range")
+            if (not isinstance(z_range, list) or len(z_range) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in z_range)
+                    or not z_range[0] < z_range[1]):
+                raise ModelStateError(f"'z_range' must be [zmin, zmax] with finite zmin < zmax, got {z_range!r}")
+            ens.z_range = (float(z_range[0]), float(z_range[1]))
         ens.history = meta.get("history", [])
-        for i in range(ens.config.n_members):
+        if not isinstance(states, dict):
+            raise ModelStateError(f"weights must be a mapping of member state dicts, got {type(states).__name__}")
+        expected = [f"member_{i}" for i in range(ens.config.n_members)]
+        if sorted(states) != sorted(expected):
+            raise ModelStateError(f"the metadata says n_members = {ens.config.n_members} but the weights hold "
+                                  f"{sorted(states)}; expected {expected}")
+        for name in expected:
             net = ens._new_member()
-            net.load_state_dict(states[f"member_{i}"])
+            try:
+                net.load_state_dict(states[name])
+            except (RuntimeError, TypeError, AttributeError) as err:
+                raise ModelStateError(f"{name}: the weights do not fit the architecture in the metadata "
+                                      f"(config {config}): {err}") from err
+            bad = [k for k, t in net.state_dict().items() if not torch.isfinite(t).all()]
+            if bad:
+                raise ModelStateError(f"{name}: non-finite values in {bad}")
+            if legacy:
+                with torch.no_grad():  # the old 1e-6 floor marks features that were constant in training
+                    net.feature_std[net.feature_std <= 1.01e-6] = 1.0
             net.eval()
             ens.members.append(net)
         return ens

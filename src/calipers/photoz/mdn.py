@@ -23,6 +23,12 @@ def n_features(n_bands: int, colours: str = "adjacent") -> int:
     return 3 * n_bands + n_col
 
 
+# a continuous feature whose training spread is below this is treated as constant: it is centred
+# but not scaled (scale 1), so an unseen value is never amplified (the old 1e-6 floor turned a
+# non-detection flag that was constant in training into an input of 1e6)
+MIN_FEATURE_SCALE = 1e-2
+
+
 class MixtureDensityNetwork(nn.Module):
     """MLP from photometry to a ``n_components`` Gaussian mixture over redshift.
 
@@ -41,6 +47,12 @@ class MixtureDensityNetwork(nn.Module):
         Number of hidden layers.
     activation : str
         Hidden-layer non-linearity: silu, relu, gelu or tanh.
+    colours : str
+        Colour features: ``adjacent`` bands or ``all`` pairs.
+    z_range : (float, float), optional
+        Redshift range of the model: every component mean is clamped into it (in training
+        and prediction alike), so no p(z) is centred outside the redshifts the model knows.
+        None: unbounded (models saved before the range was recorded).
     """
 
     LOG_SIGMA_MIN = math.log(1e-3)
@@ -49,8 +61,15 @@ class MixtureDensityNetwork(nn.Module):
     ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
     def __init__(self, n_bands: int, n_components: int = 10, hidden: int = 128, n_layers: int = 3,
-                 activation: str = "silu", colours: str = "adjacent"):
+                 activation: str = "silu", colours: str = "adjacent",
+                 z_range: tuple[float, float] | None = None):
         super().__init__()
+        if z_range is not None:
+            lo, hi = (float(v) for v in z_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"z_range must be two finite numbers lo <= hi, got {z_range!r}")
+            z_range = (lo, hi)
+        self.z_range = z_range
         if colours not in ("adjacent", "all"):
             raise ValueError(f"colours must be 'adjacent' or 'all', got {colours!r}")
         self.colours = colours
@@ -68,10 +87,20 @@ class MixtureDensityNetwork(nn.Module):
         self.register_buffer("feature_std", torch.ones(d_in))
 
     def set_scaling(self, mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor) -> None:
-        """Fit the feature standardisation on training photometry."""
+        """Fit the feature standardisation on training photometry.
+
+        Magnitudes, colours and log errors are standardised by their training mean and std; a
+        feature whose std is below :data:`MIN_FEATURE_SCALE` (constant in training) is centred
+        with scale 1. The non-detection flags are 0/1 indicators and are passed unchanged
+        (mean 0, scale 1), whatever their training frequency.
+        """
         f = photometry_features(mags, errs, flags, self.colours)
-        self.feature_mean.copy_(f.mean(0))
-        self.feature_std.copy_(f.std(0).clamp_min(1e-6))
+        mean, std = f.mean(0), f.std(0) if len(f) > 1 else torch.zeros(f.shape[1])
+        std = torch.where(torch.isfinite(std) & (std >= MIN_FEATURE_SCALE), std, torch.ones_like(std))
+        n_flags = flags.shape[1]
+        mean[-n_flags:], std[-n_flags:] = 0.0, 1.0
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
 
     @torch.no_grad()
     def init_output(self, z: torch.Tensor, width: float = 0.1) -> None:
@@ -92,6 +121,8 @@ class MixtureDensityNetwork(nn.Module):
         """Return (log_weights, means, log_sigmas), each (n, n_components)."""
         x = (photometry_features(mags, errs, flags, self.colours) - self.feature_mean) / self.feature_std
         logits, means, log_sigma = self.net(x).split(self.n_components, dim=-1)
+        if self.z_range is not None:
+            means = means.clamp(*self.z_range)
         return (
             torch.log_softmax(logits, dim=-1),
             means,
