@@ -139,3 +139,20 @@ def test_check_reports_a_misspelt_section_with_the_close_name(tmp_path):
     path.write_text(yaml.safe_dump(pipe))
     text = "\n".join(str(p) for p in check_pipeline(str(path)))
     assert "config section PZInfrom: no stage of this name in the pipeline; did you mean 'PZInform'?" in text
+
+
+def test_check_reports_values_of_the_wrong_type_as_a_run_would(tmp_path):
+    pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
+    stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
+    stages["PZInform"]["augment"] = "no"
+    stages["PZEstimate"]["chunk_size"] = 500.7
+    stages["PZCalibrate"]["bands"] = "ugrizy"
+    cfg = tmp_path / "stages.yml"
+    cfg.write_text(yaml.safe_dump(stages))
+    pipe["config"] = str(cfg)
+    path = tmp_path / "pipe.yml"
+    path.write_text(yaml.safe_dump(pipe))
+    problems = [str(p) for p in check_pipeline(str(path))]
+    assert len(problems) == 3, problems
+    text = "\n".join(problems)
+    assert "'augment' = 'no'" in text and "'chunk_size' = 500.7" in text and "'bands' = 'ugrizy'" in text

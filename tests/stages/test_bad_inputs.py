@@ -459,3 +459,18 @@ def test_shift_figure_for_every_band_count():
         labels = [ax.get_xlabel() for ax in fig.axes]
         assert labels[0] == f"{'ugrizy'[min(3, nb - 1)]} magnitude"
         assert (labels[1] == "") == (nb == 1)
+
+
+def test_nz_gate_checks_the_tomography_ids_against_the_truth(tmp_path):
+    ids = np.arange(1000, 1400)
+    shuffled = ids.copy()
+    shuffled[[300, 301]] = shuffled[[301, 300]]
+    pz, truth = toy_with_ids(tmp_path, n=400, truth_ids=shuffled)
+    cfg = config(tmp_path, TomographicBinning={"n_bins": 2, "zmax_bins": 2.5},
+                 NZEstimate={"n_realizations": 3, "method": "bootstrap"}, NZGate={"on_fail": "warn"})
+    tomo, nz = str(tmp_path / "tomo.hdf5"), str(tmp_path / "nz.hdf5")
+    run_stage("TomographicBinning", cfg, pz=pz, tomography=tomo)
+    run_stage("NZEstimate", cfg, pz=pz, tomography=tomo, nz=nz)
+    with pytest.raises(CatalogError, match=f"{tomo} and {truth} are not in the same row order: row 300"):
+        run_stage("NZGate", cfg, nz=nz, tomography=tomo, truth=truth, nz_report=str(tmp_path / "nz_report"))
+    assert_nothing_written(tmp_path / "nz_report")

@@ -3,7 +3,8 @@
 ceci wires stages by tag name only and silently drops unknown config keys; this check reads the
 pipeline and its stage configuration and reports, all at once:
 
-- config keys no stage option knows (in a stage section or in ``global``), with the closest key;
+- config keys no stage option knows (in a stage section or in ``global``), with the closest key,
+  and values of the wrong type (:func:`calipers.core.stage.check_option_value`, as a stage run);
   the keys accepted are exactly those a stage run accepts (:func:`calipers.core.stage.section_keys`,
   :func:`calipers.core.stage.global_keys`, :data:`calipers.core.stage.CECI_KEYS`);
 - stage inputs that no stage produces and the pipeline does not give;
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from calipers.core.stage import CECI_KEYS, global_keys, section_keys  # noqa: F401 - CECI_KEYS re-exported
+from ceci.config import StageParameter
+
+from calipers.core.errors import ConfigError
+from calipers.core.stage import CECI_KEYS, check_option_value, global_keys, section_keys  # noqa: F401 - CECI_KEYS re-exported
 
 
 @dataclass
@@ -122,6 +126,15 @@ def check_pipeline(path: str) -> list[Problem]:
                 close = difflib.get_close_matches(key, sorted(cls.config_options), n=1, cutoff=0.5)
                 problems.append(Problem(f"stage {name}", f"unknown config key '{key}'" +
                                         (f"; did you mean '{close[0]}'?" if close else "")))
+        # value types, with the rule a stage run applies (check_option_value)
+        for where, values in (("global section", config.get("global") or {}), (f"section '{name}'", section)):
+            for key, value in values.items():
+                param = cls.config_options.get(key)
+                if isinstance(param, StageParameter):
+                    try:
+                        check_option_value(name, key, param.dtype, value, where)
+                    except ConfigError as err:
+                        problems.append(Problem(f"stage {name}", str(err)))
 
     # wiring; what each given file must hold
     files: dict[str, tuple] = {}      # wired name -> (file type, first stage reading it, tag)
