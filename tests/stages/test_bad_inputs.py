@@ -474,3 +474,15 @@ def test_nz_gate_checks_the_tomography_ids_against_the_truth(tmp_path):
     with pytest.raises(CatalogError, match=f"{tomo} and {truth} are not in the same row order: row 300"):
         run_stage("NZGate", cfg, nz=nz, tomography=tomo, truth=truth, nz_report=str(tmp_path / "nz_report"))
     assert_nothing_written(tmp_path / "nz_report")
+
+
+def test_estimate_logs_non_detections_and_replaced_errors_per_band(tmp_path, valid10, tiny_model_dir, caplog):
+    cols = {k: v.copy() for k, v in valid10.items()}
+    cols["mag_u_lsst"][[1, 7]] = 99.0
+    cols["mag_err_g_lsst"][3] = np.nan
+    cat = write_catalog(tmp_path / "cat.hdf5", cols)
+    with caplog.at_level(logging.INFO):
+        run_stage("PZEstimate", write_config(tmp_path / "c.yml", estimate={"chunk_size": 4}), model=tiny_model_dir,
+                  catalog=cat, pz=str(tmp_path / "pz.hdf5"))
+    assert f"non-detections per band in {cat}: {{'u': 2, 'g': 0, 'r': 0, 'i': 0, 'z': 0, 'y': 0}}" in caplog.text
+    assert "replaced errors per band" in caplog.text and "'g': 1" in caplog.text

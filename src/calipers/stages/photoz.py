@@ -49,6 +49,10 @@ class PZInform(CalipersStage):
         "crps_weight": Param(float, 0.0, msg="Add this multiple of the CRPS to the NLL training objective"),
         "val_fraction": Param(float, 0.1, msg="Fraction of rows held out for early stopping (per member)"),
         "augment": Param(bool, False, msg="Redraw magnitudes within their errors at each epoch"),
+        "band_dropout": Param(float, 0.03, msg="Probability per band and row that training treats a detected "
+                                               "magnitude as a non-detection (0 = off)"),
+        "z_range": Param(list, [], msg="[zmin, zmax] every component mean is clamped into; [] = the training "
+                                       "redshift range"),
         "ema": Param(float, 0.999, msg="Decay of the weight moving average that is validated and kept (0 = off)"),
     }
 
@@ -59,8 +63,12 @@ class PZInform(CalipersStage):
 
     def _ensemble_config(self) -> EnsembleConfig:
         c = self.config
-        cfg = EnsembleConfig(**{k: c[k] for k in EnsembleConfig.__dataclass_fields__ if k in c})
+        z_range = list(c["z_range"])
+        if z_range and len(z_range) != 2:
+            raise ConfigError(f"stage {self.instance_name}: z_range must be [zmin, zmax] or [], got {z_range}")
+        fields = {k: c[k] for k in EnsembleConfig.__dataclass_fields__ if k in c and k not in ("zmin", "zmax")}
         try:
+            cfg = EnsembleConfig(**fields, **(dict(zip(("zmin", "zmax"), map(float, z_range))) if z_range else {}))
             cfg.validate()
         except ValueError as err:
             raise ConfigError(f"stage {self.instance_name}: {err}") from err
@@ -191,9 +199,15 @@ class PZEstimate(CalipersStage):
         t0 = time.time()
         with self.qp_output("pz", n, c["chunk_size"], **layout) as out:
             chunks = self.iter_catalog("catalog", group, read_cols, c["chunk_size"])
+            prep = ens.preprocessor
+            flagged = {"non-detections": np.zeros(len(mag_cols), np.int64),
+                       "replaced errors": np.zeros(len(mag_cols), np.int64)}
             for start, end, cols in tqdm(chunks, total=len(ranges), desc=f"{self.instance_name} chunks",
                                          disable=self.rank != 0, leave=False):
-                (w, mu, s), est = ens.estimate(stack(cols, mag_cols), stack(cols, err_cols), which)
+                mags, errs = stack(cols, mag_cols), stack(cols, err_cols)
+                flagged["non-detections"] += list(prep.count_nondetections(mags, errs).values())
+                flagged["replaced errors"] += list(prep.count_missing_errors(mags, errs).values())
+                (w, mu, s), est = ens.estimate(mags, errs, which)
                 if id_col:
                     est["id"] = cols[id_col]
                 if c["output_format"] == "mixmod":
@@ -203,5 +217,8 @@ class PZEstimate(CalipersStage):
                     data = {"yvals": p / np.trapezoid(p, zgrid, axis=1)[:, None]}
                 out.write(start, end, data, est)
         dt = time.time() - t0
+        flagged = self.merge_on_root(flagged, lambda a, b: {k: a[k] + b[k] for k in a})
         if self.rank == 0:
+            for what, counts in flagged.items():
+                log.info("%s per band in %s: %s", what, path, dict(zip(prep.bands, counts.tolist())))
             log.info("estimated p(z) for %d galaxies in %.1f s (%.0f galaxies/s)", n, dt, n / max(dt, 1e-9))
