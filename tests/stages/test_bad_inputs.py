@@ -338,6 +338,21 @@ def test_truncated_calibrator_weights_name_the_file(tmp_path):
         run_stage("PZApplyCalibration", cfg, pz=pz, calibrator=str(tmp_path / "cal"), catalog=truth,
                   calibrated_pz=str(tmp_path / "o.hdf5"))
     assert_nothing_written(tmp_path / "o.hdf5")
+    import torch  # a pickle of live objects is refused, never executed
+
+    torch.save({"member0": Exploit()}, weights)
+    with pytest.raises(FileFormatError, match=f"{weights}: refused"):
+        run_stage("PZApplyCalibration", cfg, pz=pz, calibrator=str(tmp_path / "cal"), catalog=truth,
+                  calibrated_pz=str(tmp_path / "o.hdf5"))
+    assert not EXPLOITED and not (tmp_path / "o.hdf5").exists()
+
+
+EXPLOITED = []
+
+
+class Exploit:
+    def __reduce__(self):
+        return (EXPLOITED.append, ("ran",))
 
 
 # ---------------------------------------------------------------------------- 11: row order and model
@@ -486,3 +501,12 @@ def test_estimate_logs_non_detections_and_replaced_errors_per_band(tmp_path, val
                   catalog=cat, pz=str(tmp_path / "pz.hdf5"))
     assert f"non-detections per band in {cat}: {{'u': 2, 'g': 0, 'r': 0, 'i': 0, 'z': 0, 'y': 0}}" in caplog.text
     assert "replaced errors per band" in caplog.text and "'g': 1" in caplog.text
+
+
+def test_truncated_pz_file_in_a_stage_run_alone(tmp_path):
+    pz, truth = toy(tmp_path, n=3000)
+    data = Path(pz).read_bytes()
+    Path(pz).write_bytes(data[: len(data) // 2])
+    with pytest.raises(FileFormatError, match=f"{pz}: .*truncated"):
+        run_stage("ValidationGate", config(tmp_path), pz=pz, truth=truth, report=str(tmp_path / "r"))
+    assert_nothing_written(tmp_path / "r")

@@ -82,6 +82,7 @@ def load_weights(path: str) -> dict:
     """Torch state dicts from ``path`` with ``weights_only=True`` (no code runs); a missing,
     truncated or foreign file is an error naming it."""
     import pickle
+    import zipfile
 
     import torch
 
@@ -91,5 +92,5 @@ def load_weights(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused something: never load it
         raise FileFormatError(f"{path}: refused, it holds more than tensors and plain containers ({err})") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise FileFormatError(f"{path}: cannot be read as torch weights; is it truncated or corrupt? ({err})") from err
