@@ -149,3 +149,14 @@ def test_inverse_cdf_samples_the_piecewise_linear_pdf():
     assert stats.kstest(draws, tri.cdf).pvalue > 0.01
     with pytest.raises(ValueError, match="one row per p"):
         inverse_cdf(pdf, zgrid, u[0])
+
+
+def test_remap_far_into_underflowing_tails_stays_finite():
+    # a strong widening (probit scale x 20) of a p(z) whose tails underflow to 0 on the grid: the
+    # slope of G there is enormous, the density must still be finite, normalised and widened
+    pdfs = stats.norm.pdf(FINE[None, :], 1.5, 0.01)
+    widen = lambda c: stats.norm.cdf(stats.norm.ppf(np.clip(c, 1e-300, 1 - 1e-16)) / 20) * (c > 0)  # noqa: E731
+    out = remap_pdfs(pdfs, FINE, widen)
+    assert np.all(np.isfinite(out)) and np.trapezoid(out[0], FINE) == pytest.approx(1.0)
+    q = grid_quantiles(out, FINE, [0.16, 0.84])[0]
+    assert q[1] - q[0] > 10 * 0.02

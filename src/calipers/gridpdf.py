@@ -229,10 +229,12 @@ def remap_pdfs(pdfs: np.ndarray, zgrid: np.ndarray, new_cdf: Callable[[np.ndarra
     mprev = np.concatenate([mapped[:, :1], mapped[:, :-1]], axis=1)
     mnxt = np.concatenate([mapped[:, 1:], mapped[:, -1:]], axis=1)
     span = nxt - prev
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = np.where(span > 0, (mnxt - mprev) / span, 0.0)
     norm = np.trapezoid(pdfs, zgrid, axis=1)[:, None]
-    dens = np.clip(pdfs / norm * slope, 0.0, None)
+    # p_j / span is bounded (span >= p_j (h_{j-1} + h_j) / 2 under the trapezoid rule), so it is
+    # formed first: far in a tail, where F and p underflow together, the slope alone would overflow
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(span > 0, (pdfs / norm) / span, 0.0)
+    dens = np.clip((mnxt - mprev) * ratio, 0.0, None)
     total = np.trapezoid(dens, zgrid, axis=1)
     bad = np.flatnonzero(~(np.isfinite(total) & (total > 0)))
     if bad.size:
