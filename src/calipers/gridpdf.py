@@ -217,6 +217,10 @@ def remap_pdfs(pdfs: np.ndarray, zgrid: np.ndarray, new_cdf: Callable[[np.ndarra
     calibrating a calibrated model changes nothing but what the calibrator itself learnt; no
     finite-difference smoothing is added (``np.gradient`` of G(F) would blur every p(z) by a
     [1, 2, 1]/4 kernel).
+
+    Like every CDF remapping on a grid, it moves mass only within the support of the input on the
+    grid: G(F) is constant where F is, so a widening beyond the points where the input density
+    is (or underflows to) zero gathers that mass at the edges of the support.
     """
     zgrid = _check_grid(zgrid)
     pdfs = np.atleast_2d(np.asarray(pdfs, dtype=float))
