@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qp
+from scipy import stats
 
-from calipers.validate import pz_metrics
+from calipers.validate import grid_pdfs, pz_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import pzmetrics  # noqa: E402
@@ -71,3 +72,19 @@ def test_length_mismatch_is_an_error():
     ens, z = random_ensemble(n=10)
     with pytest.raises(ValueError, match="10 distributions but 9"):
         pz_metrics(ens, z[:9])
+
+
+def test_one_row_ensembles_read_back_from_qp_files(tmp_path):
+    ens, z = random_ensemble(n=1, seed=6)
+    ens.write_to(str(tmp_path / "one.hdf5"))
+    back = qp.read(str(tmp_path / "one.hdf5"))
+    grid = np.linspace(0, 3, 301)
+    d = ens.objdata
+    expected = sum(w * stats.norm.pdf(grid, m, s) for w, m, s in zip(d["weights"][0], d["means"][0], d["stds"][0]))
+    expected /= np.trapezoid(expected, grid)
+    interp = qp.Ensemble(qp.interp, data=dict(xvals=grid, yvals=expected[None, :]))
+    interp.write_to(str(tmp_path / "one_interp.hdf5"))
+    for e in (back, qp.read(str(tmp_path / "one_interp.hdf5"))):
+        pdfs, valid = grid_pdfs(e, grid)
+        assert pdfs.shape == (1, 301) and valid.tolist() == [True]
+        np.testing.assert_allclose(pdfs[0], expected, rtol=1e-6, atol=1e-12)

@@ -31,13 +31,17 @@ def grid_pdfs(ens, zgrid: np.ndarray = ZGRID, chunk: int = 2000) -> tuple[np.nda
     """
     out = np.empty((ens.npdf, len(zgrid)))
     mixmod = ens.gen_class.name == "mixmod"
+    if mixmod:  # same Gaussian-mixture density as qp's, without scipy's per-call overhead
+        from calipers.photoz.mixture import mixture_pdf
+
+        # qp squeezes a one-row ensemble's arrays to 1-d: keep one row per distribution
+        d = {k: np.reshape(ens.objdata[k], (ens.npdf, -1)) for k in ("weights", "means", "stds")}
     for start in range(0, ens.npdf, chunk):
         end = min(start + chunk, ens.npdf)
-        if mixmod:  # same Gaussian-mixture density as qp's, without scipy's per-call overhead
-            from calipers.photoz.mixture import mixture_pdf
-
-            d = ens.objdata
+        if mixmod:
             out[start:end] = mixture_pdf(d["weights"][start:end], d["means"][start:end], d["stds"][start:end], zgrid)
+        elif ens.npdf == 1:  # qp cannot slice a one-row ensemble
+            out[:] = np.reshape(np.asarray(ens.pdf(zgrid), dtype=float), (1, -1))
         else:
             out[start:end] = np.asarray(ens[start:end].pdf(zgrid), dtype=float)
     finite = np.all(np.isfinite(out), axis=1)
