@@ -79,7 +79,7 @@ def test_one_row_ensembles_read_back_from_qp_files(tmp_path):
     ens.write_to(str(tmp_path / "one.hdf5"))
     back = qp.read(str(tmp_path / "one.hdf5"))
     grid = np.linspace(0, 3, 301)
-    d = ens.objdata
+    d = {k: np.reshape(ens.objdata[k], (1, -1)) for k in ("weights", "means", "stds")}
     expected = sum(w * stats.norm.pdf(grid, m, s) for w, m, s in zip(d["weights"][0], d["means"][0], d["stds"][0]))
     expected /= np.trapezoid(expected, grid)
     interp = qp.Ensemble(qp.interp, data=dict(xvals=grid, yvals=expected[None, :]))
