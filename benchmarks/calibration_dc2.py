@@ -45,13 +45,13 @@ EDGES = [0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0]
 
 
 def photometry_features(mags, errs, fit_rows):
-    """Cleaned magnitudes + adjacent colours, as PZCalibrate's pit_local builds them (the
-    non-detection fill values are fitted on the calibration rows)."""
+    """Cleaned magnitudes + adjacent colours, as PZCalibrate's pit_local builds them
+    (:func:`calipers.core.features.photometry_features`), with the non-detection fill values
+    fitted on the calibration rows."""
+    from calipers.core.features import photometry_features as features
     from calipers.photoz.preprocess import PhotometryPreprocessor
 
-    prep = PhotometryPreprocessor(BANDS).fit(mags[fit_rows], errs[fit_rows])
-    clean, _, _ = prep.transform(mags, errs)
-    return np.hstack([clean, clean[:, :-1] - clean[:, 1:]])
+    return features(mags, errs, PhotometryPreprocessor(BANDS).fit(mags[fit_rows], errs[fit_rows]))
 
 
 def read_dc2(name: str):
