@@ -151,10 +151,12 @@ def _posterior_factory(net, prior, cfg):
 class SBIGate(GateStage):
     """Check a trained estimator's calibration on held-out simulations and stop if it fails.
 
-    SBC: per-parameter KS test of the rank uniformity (p-values Bonferroni-corrected over the
-    parameters unless ``bonferroni: false``); TARP: expected-coverage curve, |area to the
-    diagonal| and the KS p-value of the credibility levels. Report: rank histograms and the TARP
-    curve.
+    One set of ``num_posterior_samples`` draws per test simulation serves every check, computed
+    with sbi's diagnostics (:mod:`calipers.sbi.diagnostics`). SBC: per-parameter KS test of the
+    rank uniformity (p-values Bonferroni-corrected over the parameters unless
+    ``bonferroni: false``); TARP: expected-coverage curve, |area to the diagonal| over the upper
+    half of the credibility grid (sbi's ``check_tarp``) and the KS p-value of the coverage values;
+    posterior contraction. Report: rank histograms and the TARP curve.
     """
 
     name = "SBIGate"
@@ -168,7 +170,8 @@ class SBIGate(GateStage):
         "min_sbc_pvalue": Param(float, 0.01, msg="Smallest allowed SBC rank KS p-value"),
         "bonferroni": Param(bool, True, msg="Multiply SBC p-values by the number of parameters"),
         "min_tarp_pvalue": Param(float, 0.01, msg="Smallest allowed TARP KS p-value"),
-        "max_tarp_atc": Param(float, 0.05, msg="Largest allowed |TARP area to the diagonal|"),
+        "max_tarp_atc": Param(float, 0.05, msg="Largest allowed |TARP area to the diagonal| over credibility "
+                                               "levels above 1/2 (sbi's check_tarp)"),
         "sampler": Param(str, "", msg="Override the model's nle/nre sampler (mcmc or sir); '' keeps it"),
         "c2st_observations": Param(int, 0, msg="Test simulations compared by C2ST with the simulator's reference "
                                                "posterior (needs one, e.g. gaussian_linear; 0 = off)"),
@@ -198,7 +201,7 @@ class SBIGate(GateStage):
 
     def process(self):
         from calipers.core.models import load_estimator
-        from calipers.sbi import sbc, tarp
+        from calipers.sbi import posterior_draws, sbc_from_draws, tarp_from_draws
         from calipers.validate.gate import Check
         from calipers.validate.plots import sbc_ranks_figure, tarp_figure
 
@@ -214,16 +217,18 @@ class SBIGate(GateStage):
         prior = simulator_from_spec(spec).prior_torch()
         post_for = _posterior_factory(net, prior, cfg)
         t0 = time.time()
-        s = sbc(post_for, theta, x, c["num_posterior_samples"], seed=c["seed"])
-        t = tarp(post_for, theta, x, c["num_posterior_samples"], seed=c["seed"] + 1)
+        draws = posterior_draws(post_for, x, c["num_posterior_samples"], seed=c["seed"])  # one set for all checks
+        s = sbc_from_draws(theta, draws, seed=c["seed"])
+        t = tarp_from_draws(theta, draws, seed=c["seed"] + 1)
         seconds = time.time() - t0
         names = spec["param_names"]
         factor = len(names) if c["bonferroni"] else 1
         checks = [Check(f"sbc_{n}", min(1.0, p * factor), ">=", c["min_sbc_pvalue"],
                         why=f"rank KS p-value{' x %d (Bonferroni)' % factor if factor > 1 else ''}")
                   for n, p in zip(names, s.ks_pvals)]
-        checks += [Check("tarp_pvalue", t["ks_pvalue"], ">=", c["min_tarp_pvalue"], why="TARP credibility levels uniform"),
-                   Check("tarp_atc", abs(t["atc"]), "<=", c["max_tarp_atc"], why="TARP |area to the diagonal|")]
+        checks += [Check("tarp_pvalue", t["ks_pvalue"], ">=", c["min_tarp_pvalue"], why="TARP coverage values uniform (KS)"),
+                   Check("tarp_atc", abs(t["atc"]), "<=", c["max_tarp_atc"],
+                         why="TARP |area to the diagonal| over credibility > 1/2")]
         sim = simulator_from_spec(spec)
         prior_var = sim.sample_prior(100_000, np.random.default_rng([c["seed"], 7])).var(axis=0)
         contraction = s.contraction(prior_var)
