@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from calipers.calibrate import PITRecalibrator
-from calipers.calibrate.pit import grid_cdf
+from calipers.gridpdf import grid_cdf
 from calipers.validate.metrics import pit_values
 
 ZGRID = np.linspace(-8, 8, 801)

@@ -1,4 +1,4 @@
-"""calipers.core: paths, catalogs, chunking, atomic writes, provenance."""
+"""calipers.core: paths, catalogs, chunking, provenance."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import calipers
-from calipers.core.atomic import atomic_path
 from calipers.core.catalog import catalog_info, chunk_ranges, iter_chunks, read_columns, require_columns
 from calipers.core.errors import CalipersError, CatalogError
 from calipers.core.paths import resolve_path
@@ -120,66 +119,6 @@ def test_iter_chunks_reassembles_the_catalog(small_catalog):
             got["b"].append((start, chunk["b"]))
     a = np.concatenate([c for _, c in sorted(got["a"], key=lambda t: t[0])])
     np.testing.assert_array_equal(a, cols["a"])
-
-
-# ---------------------------------------------------------------------------- atomic writes
-class Boom(RuntimeError):
-    pass
-
-
-def test_atomic_path_leaves_nothing_when_body_raises(tmp_path):
-    target = tmp_path / "out.hdf5"
-    with pytest.raises(Boom):
-        with atomic_path(str(target)) as tmp:
-            assert tmp != str(target) and os.path.dirname(tmp) == str(tmp_path)
-            Path(tmp).write_text("half written")
-            raise Boom
-    assert os.listdir(tmp_path) == []
-
-
-def test_atomic_path_keeps_old_target_when_body_raises(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(Boom):
-        with atomic_path(str(target)) as tmp:
-            Path(tmp).write_text("new")
-            raise Boom
-    assert target.read_text() == "old"
-    assert os.listdir(tmp_path) == ["out.txt"]
-
-
-def test_atomic_path_renames_on_success(tmp_path):
-    target = tmp_path / "sub" / "out.txt"
-    with atomic_path(str(target)) as tmp:
-        Path(tmp).write_text("complete")
-        assert not target.exists()  # nothing at the final name until the body ends
-    assert target.read_text() == "complete"
-    assert os.listdir(target.parent) == ["out.txt"]
-
-
-def test_atomic_path_file_mode_follows_umask(tmp_path):
-    umask = os.umask(0o022)
-    try:
-        target = tmp_path / "out.txt"
-        with atomic_path(str(target)) as tmp:
-            Path(tmp).write_text("x")
-    finally:
-        os.umask(umask)
-    assert (target.stat().st_mode & 0o777) == 0o644
-
-
-def test_atomic_path_directory(tmp_path):
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "stale.txt").write_text("stale")
-    with atomic_path(str(target), directory=True) as tmp:
-        Path(tmp, "weights.pt").write_text("w")
-    assert sorted(os.listdir(target)) == ["weights.pt"]
-    with pytest.raises(Boom):
-        with atomic_path(str(tmp_path / "model2"), directory=True) as tmp:
-            Path(tmp, "weights.pt").write_text("w")
-            raise Boom
-    assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
 # ---------------------------------------------------------------------------- provenance

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calipers.gridpdf import grid_cdf, remap_pdfs  # noqa: F401 - grid_cdf re-exported for callers
+from calipers.gridpdf import remap_pdfs
 
 
 @dataclass
