@@ -1,8 +1,8 @@
 """The main pipeline exactly as shipped (pipelines/photoz.yml + stages/photoz.yml) on RAIL's DC2 files.
 
 README command 1 runs it; this test runs it the same way (``ceci``), only with the outputs in a
-temporary directory, and requires the validation gate to **pass** and the calibrated p(z) to be
-at least as well calibrated as the raw ones and not shifted in redshift. It trains the full
+temporary directory, and requires the validation gate to **pass**, the calibrated p(z) to be
+calibrated within the finite-sample null and their mean redshift not to move away from the truth. It trains the full
 5-member ensemble (several minutes on 2 cores): the one test that exercises the shipped
 configuration end to end.
 """
@@ -51,6 +51,9 @@ def test_shipped_photoz_pipeline_passes_its_gate_on_dc2(tmp_path):
     assert after["pit_ks"] <= max(before["pit_ks"], 0.015)
     assert abs(after["cov68"] - 0.68) <= 0.015 and abs(after["cov95"] - 0.95) <= 0.015
     grid = np.linspace(0.0, 3.0, 601)
-    shift = (grid_point_estimates(grid_pdfs(cal, grid)[0], grid, ["zmean"])["zmean"]
-             - grid_point_estimates(grid_pdfs(raw, grid)[0], grid, ["zmean"])["zmean"])
-    assert abs(np.mean(shift)) < 0.002  # the DESC Y1 scale; the cumulative-sum artefact gave +0.007
+    zmean_raw = grid_point_estimates(grid_pdfs(raw, grid)[0], grid, ["zmean"])["zmean"]
+    zmean_cal = grid_point_estimates(grid_pdfs(cal, grid)[0], grid, ["zmean"])["zmean"]
+    # calibration may move the mean redshift only towards the truth, and leaves it within the DESC
+    # Y1 scale of it (the cumulative-sum artefact moved it by +0.007, to +0.005 from the truth)
+    assert abs(np.mean(zmean_cal - z)) <= abs(np.mean(zmean_raw - z)) + 5e-4
+    assert abs(np.mean(zmean_cal - z)) < 0.002
