@@ -97,12 +97,16 @@ def test_check_and_a_stage_run_accept_the_same_keys(tmp_path):
 
 
 # ---------------------------------------------------------------------------- through CatalogSplit
-def _photoz_pipeline(tmp_path, target: str) -> Path:
+def _photoz_pipeline(tmp_path, target: str | None = None, edit=lambda stages: None) -> Path:
+    """pipelines/photoz.yml and stages/photoz.yml as shipped, with another target catalog and/or
+    the stage configuration changed by ``edit``, written to ``tmp_path``."""
     pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
     stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
+    edit(stages)
     cfg = tmp_path / "stages.yml"
     cfg.write_text(yaml.safe_dump(stages))
-    pipe["inputs"]["target_catalog"] = target
+    if target is not None:
+        pipe["inputs"]["target_catalog"] = target
     pipe["config"] = str(cfg)
     path = tmp_path / "pipe.yml"
     path.write_text(yaml.safe_dump(pipe))
@@ -129,29 +133,18 @@ def test_check_reports_an_empty_catalog(tmp_path, train100):
 
 
 def test_check_reports_a_misspelt_section_with_the_close_name(tmp_path):
-    pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
-    stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
-    stages["PZInfrom"] = stages.pop("PZInform")
-    cfg = tmp_path / "stages.yml"
-    cfg.write_text(yaml.safe_dump(stages))
-    pipe["config"] = str(cfg)
-    path = tmp_path / "pipe.yml"
-    path.write_text(yaml.safe_dump(pipe))
+    path = _photoz_pipeline(tmp_path, edit=lambda stages: stages.update(PZInfrom=stages.pop("PZInform")))
     text = "\n".join(str(p) for p in check_pipeline(str(path)))
     assert "config section PZInfrom: no stage of this name in the pipeline; did you mean 'PZInform'?" in text
 
 
 def test_check_reports_values_of_the_wrong_type_as_a_run_would(tmp_path):
-    pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
-    stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
-    stages["PZInform"]["augment"] = "no"
-    stages["PZEstimate"]["chunk_size"] = 500.7
-    stages["PZCalibrate"]["bands"] = "ugrizy"
-    cfg = tmp_path / "stages.yml"
-    cfg.write_text(yaml.safe_dump(stages))
-    pipe["config"] = str(cfg)
-    path = tmp_path / "pipe.yml"
-    path.write_text(yaml.safe_dump(pipe))
+    def edit(stages):
+        stages["PZInform"]["augment"] = "no"
+        stages["PZEstimate"]["chunk_size"] = 500.7
+        stages["PZCalibrate"]["bands"] = "ugrizy"
+
+    path = _photoz_pipeline(tmp_path, edit=edit)
     problems = [str(p) for p in check_pipeline(str(path))]
     assert len(problems) == 3, problems
     text = "\n".join(problems)

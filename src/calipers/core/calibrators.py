@@ -7,6 +7,7 @@ import json
 import os
 
 from calipers.core.errors import FileFormatError, ModelMismatchError
+from calipers.core.models import read_json_object
 
 METHODS = ("pit_global", "pit_local", "conformal")
 CALIBRATOR_JSON = "calibrator.json"
@@ -31,14 +32,7 @@ def read_calibrator_spec(directory: str) -> dict:
         raise FileNotFoundError(f"{directory}: no such calibrator directory")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory}: not a calibrator directory (no {CALIBRATOR_JSON})")
-    try:
-        with open(path) as fh:
-            spec = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"{path}: not valid JSON ({err}); the calibrator file is corrupt") from err
-    if not isinstance(spec, dict):
-        raise FileFormatError(f"{path}: expected a JSON object, got {type(spec).__name__}")
-    return spec
+    return read_json_object(path, FileFormatError)
 
 
 def load_calibrator(directory: str):

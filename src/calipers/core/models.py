@@ -45,6 +45,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_json_object(path: str, error: type[Exception] = ModelFileError) -> dict:
+    """The JSON object in ``path``; invalid JSON or another JSON value raises ``error`` naming
+    the file (model metadata, calibrator specs)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}); the file is corrupt or was edited") from err
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def write_model_dir(directory: str, meta: dict, states: dict, meta_name: str = "metadata.json") -> None:
     """Write ``states`` (tensors in plain containers) as ``weights.pt`` and ``meta`` as JSON, with
     the SHA-256 checksums of both (see the module docstring) in ``meta[\"checksums\"]``."""
@@ -82,13 +95,7 @@ def read_model_dir(directory: str, what: str = "calipers model", meta_name: str 
         raise FileNotFoundError(f"{directory}: not a {what} directory (no {meta_name})")
     if not os.path.exists(weights_path):
         raise FileNotFoundError(f"{weights_path}: missing; a {what} directory needs {meta_name} and {WEIGHTS_NAME}")
-    try:
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{meta_path}: not valid JSON ({err}); the file is corrupt or was edited") from err
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, ModelFileError)
     with open(weights_path, "rb") as fh:
         weights = fh.read()
     checksums = meta.pop(CHECKSUMS_KEY, None)
