@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main() -> None:
     from calipers.sbi import (SBIConfig, build_posterior, posterior_draws, sbc_from_draws, simulate, tarp_from_draws,
                               train_estimator)
-    from calipers.stages.sbi import simulator_from_spec
+    from calipers.core.simulations import simulator_from_spec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nz", default=os.path.join(ROOT, "data", "photoz_to_cl", "nz.hdf5"))

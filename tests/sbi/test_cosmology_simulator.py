@@ -11,7 +11,7 @@ from conftest import run_stage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cosmology"))
 from test_cosmology_stages import toy_pz  # noqa: E402
 
-from calipers.stages.sbi import simulator_from_spec  # noqa: E402
+from calipers.core.simulations import simulator_from_spec  # noqa: E402
 
 
 @pytest.fixture(scope="module")

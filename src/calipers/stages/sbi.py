@@ -22,8 +22,7 @@ from calipers.core.stage import CalipersStage, Param
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl",
-           "read_simulations", "simulator_from_spec"]  # the last two re-exported from calipers.core.simulations
+__all__ = ["SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl"]
 
 
 class Simulate(CalipersStage):
