@@ -350,6 +350,9 @@ class CalipersStage(PipelineStage):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self._take_locks()  # before the try: a refused run must not discard the holder's files
         try:
+            # provenance is collective under MPI (rank 0 hashes, all receive): take it here, on
+            # every rank, so a stage may later ask for it on rank 0 alone without a stray bcast
+            self.provenance()
             self.process()
             self._check_outputs_written()
         except BaseException:
