@@ -141,15 +141,14 @@ def crps_values(pdfs: np.ndarray, zgrid: np.ndarray, z: np.ndarray, cdf: np.ndar
     cell = np.arange(h.shape[1])[None, :]
     side = np.where(cell < i[:, None], 0.0, 1.0)  # indicator value H on the cell (1 above the truth)
     side = np.where(above[:, None], 0.0, np.where(below[:, None], 1.0, side))
+    inside = ~(below | above)
+    own = (cell == i[:, None]) & inside[:, None]
     total = np.zeros(n)
     for node, weight in zip(_GL_NODES, _GL_WEIGHTS):
         s = node * h
-        f = f0 + p0 * s + 0.5 * (p1 - p0) * s * s / h
-        d = f - side
-        own = (cell == i[:, None]) & ~(below | above)[:, None]
+        d = f0 + p0 * s + 0.5 * (p1 - p0) * s * s / h - side
         total += np.sum(np.where(own, 0.0, weight * d * d * h), axis=1)
     # the truth's own cell: [z_i, z] with H = 0 and [z, z_i+1] with H = 1
-    inside = ~(below | above)
     rows = np.flatnonzero(inside)
     if rows.size:
         ii, tt = i[rows], t[rows]
