@@ -45,12 +45,9 @@ def _print_provenance(prov: dict) -> None:
 
 def _read_json(path: str) -> dict:
     from calipers.core.errors import FileFormatError
+    from calipers.core.provenance import read_json_object
 
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"{path}: not valid JSON ({err})") from err
+    return read_json_object(path, FileFormatError)
 
 
 def _describe_directory(path: str) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 
 from calipers.core.errors import FileFormatError, ModelMismatchError
-from calipers.core.models import read_json_object
+from calipers.core.provenance import read_json_object
 
 METHODS = ("pit_global", "pit_local", "conformal")
 CALIBRATOR_JSON = "calibrator.json"

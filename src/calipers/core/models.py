@@ -28,6 +28,7 @@ import zipfile
 import torch
 
 from calipers.core.errors import ModelFileError, ModelMismatchError
+from calipers.core.provenance import read_json_object
 from calipers.photoz.ensemble import BandMismatchError, DeepEnsemble, ModelStateError
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,6 @@ def canonical_json(meta: dict) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def read_json_object(path: str, error: type[Exception] = ModelFileError) -> dict:
-    """The JSON object in ``path``; invalid JSON or another JSON value raises ``error`` naming
-    the file (model metadata, calibrator specs)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise error(f"{path}: not valid JSON ({err}); the file is corrupt or was edited") from err
-    if not isinstance(value, dict):
-        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def write_model_dir(directory: str, meta: dict, states: dict, meta_name: str = "metadata.json") -> None:
@@ -138,13 +126,14 @@ def load_model(directory: str) -> DeepEnsemble:
         raise ModelMismatchError(f"{directory}: {err}") from err
 
 
-def check_model_bands(ensemble: DeepEnsemble, bands: list[str], source: str = "catalog") -> None:
+def check_model_bands(ensemble: DeepEnsemble, bands: list[str], source: str = "catalog",
+                      directory: str | None = None) -> None:
     """:meth:`DeepEnsemble.check_bands` raising :class:`ModelMismatchError` (the message names
-    the model's and the given band lists)."""
+    the model directory, when given, and the model's and the given band lists)."""
     try:
         ensemble.check_bands(bands, source=source)
     except BandMismatchError as err:
-        raise ModelMismatchError(str(err)) from err
+        raise ModelMismatchError(f"{directory}: {err}" if directory else str(err)) from err
 
 
 def save_estimator(directory: str, net, config, theta_rows, x_rows, extra: dict | None = None) -> None:

@@ -63,6 +63,19 @@ def write_provenance_json(directory: str, provenance: dict[str, str]) -> str:
     return path
 
 
+def read_json_object(path: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in ``path``; invalid JSON or another JSON value raises ``error`` naming
+    the file (provenance, model metadata, calibrator specs)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}); the file is corrupt or was edited") from err
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_provenance(path: str) -> dict[str, str]:
     """Read provenance back from an HDF5 output or a directory output's ``provenance.json``
     ({} when the output carries none)."""
@@ -70,13 +83,9 @@ def read_provenance(path: str) -> dict[str, str]:
         file = os.path.join(path, PROVENANCE_JSON)
         if not os.path.exists(file):
             return {}
-        with open(file) as f:
-            try:
-                return json.load(f)
-            except json.JSONDecodeError as err:
-                from calipers.core.errors import FileFormatError
+        from calipers.core.errors import FileFormatError
 
-                raise FileFormatError(f"{file}: not valid JSON ({err})") from err
+        return read_json_object(file, FileFormatError)
     from calipers.core.catalog import open_hdf5
 
     with open_hdf5(path) as f:

@@ -217,13 +217,3 @@ def _row_ensemble_class():
 
         _ROW_ENSEMBLE = type("RowEnsemble", (RowEnsemble, qp.Ensemble), {"__doc__": RowEnsemble.__doc__})
     return _ROW_ENSEMBLE
-
-
-def read_qp_provenance(path: str) -> dict[str, str]:
-    """The ``provenance`` attributes of a qp file ({} when it has none, e.g. a file from RAIL)."""
-    from calipers.core.catalog import open_hdf5
-
-    with open_hdf5(path, "qp ensemble (HDF5)") as f:
-        if "provenance" not in f:
-            return {}
-        return {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f["provenance"].attrs.items()}

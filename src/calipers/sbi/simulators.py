@@ -61,7 +61,7 @@ class CosmologyCl:
     """Tomographic C_ell simulator: theta = (Omega_m, sigma8) under a uniform box prior.
 
     The n(z) arrays are given (the stages read them from an ``NZEstimate`` output, see
-    ``calipers.stages.sbi.simulator_from_spec``). Each simulation builds a pyccl cosmology (Omega_c = Omega_m - Omega_b; Omega_b, h, n_s fixed),
+    ``calipers.core.simulations.simulator_from_spec``). Each simulation builds a pyccl cosmology (Omega_c = Omega_m - Omega_b; Omega_b, h, n_s fixed),
     takes the n(z) of every tomographic bin - the fiducial one, or
     (``marginalise_nz``) one of its realizations drawn at random, so that the posterior
     marginalises over the n(z) uncertainty - computes C_ell for every tracer pair and adds noise

@@ -32,8 +32,8 @@ from calipers.core.errors import CatalogError, ConfigError, ModelMismatchError
 from calipers.core.features import read_features
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, TRUTH_OPTIONS, band_columns, stack
-from calipers.core.provenance import write_provenance_json
-from calipers.core.qpio import qp_size, read_qp_provenance, read_qp_rows
+from calipers.core.provenance import read_provenance, write_provenance_json
+from calipers.core.qpio import qp_size, read_qp_rows
 from calipers.core.stage import CalipersStage, Param
 from calipers.photoz.mixture import POINT_ESTIMATES
 from calipers.validate.metrics import grid_pdfs, grid_point_estimates, pit_values
@@ -59,7 +59,7 @@ def _grid(config) -> np.ndarray:
 def source_model(pz_path: str) -> dict:
     """The model a qp file's p(z) came from, from its provenance: ``{"hash", "path", "stage"}``
     ({} when the file records none, e.g. p(z) written by another code)."""
-    prov = read_qp_provenance(pz_path)
+    prov = read_provenance(pz_path)
     try:
         hashes = json.loads(prov.get("input_hashes", "{}"))
         inputs = json.loads(prov.get("inputs", "{}"))

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from calipers.core import catalog
 from calipers.core.errors import ConfigError, ModelMismatchError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
-from calipers.core.models import load_model, save_model
+from calipers.core.models import check_model_bands, load_model, save_model
 from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
 from calipers.core.provenance import write_provenance_json
 from calipers.core.stage import CalipersStage, Param
@@ -151,10 +151,8 @@ class PZEstimate(CalipersStage):
     def _columns(self):
         ens = self._model()
         bands = list(self.config["bands"]) or ens.bands
-        try:
-            ens.check_bands(bands, source=f"stage {self.instance_name} config 'bands'")
-        except ValueError as err:  # the algorithm package raises plain ValueErrors: name the model here
-            raise ModelMismatchError(f"{self.input_path('model')}: {err}") from err
+        check_model_bands(ens, bands, source=f"stage {self.instance_name} config 'bands'",
+                          directory=self.input_path("model"))
         return band_columns(self.config, bands)
 
     def validate(self):

@@ -39,19 +39,21 @@ def reliability(prob: np.ndarray, outcome: np.ndarray, bins: int = 15) -> dict:
             "bin_accuracy": acc.tolist()}
 
 
-def interval_probabilities(pdfs: np.ndarray, zgrid: np.ndarray, edges) -> np.ndarray:
+def interval_probabilities(pdfs: np.ndarray, zgrid: np.ndarray, edges, cdf: np.ndarray | None = None) -> np.ndarray:
     """Probability each p(z) (rows on ``zgrid``) gives to each redshift interval: (n, len(edges) - 1).
 
     Together with the indicator of the true redshift in each interval this turns p(z) into
     binary-event forecasts, so their calibration can be judged by a reliability diagram and ECE -
-    the question a tomographic binning by p(z) mass depends on.
+    the question a tomographic binning by p(z) mass depends on. ``cdf`` (the
+    :func:`calipers.gridpdf.grid_cdf` of ``pdfs``) may be passed to save recomputing it.
     """
     edges = np.asarray(edges, dtype=float)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"edges must be strictly increasing with at least 2 values, got {edges.tolist()}")
     from calipers.gridpdf import cdf_at, grid_cdf
 
-    cdf = grid_cdf(pdfs, zgrid)
+    if cdf is None:
+        cdf = grid_cdf(pdfs, zgrid)
     at = np.stack([cdf_at(pdfs, zgrid, np.full(len(pdfs), e), cdf) for e in edges], axis=1)
     return np.clip(np.diff(at, axis=1), 0.0, 1.0)
 

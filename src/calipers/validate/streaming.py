@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calipers.validate.classification import interval_outcomes, interval_probabilities
-from calipers.gridpdf import crps_values, grid_cdf, outside_grid, pdf_at
-from calipers.validate.metrics import pit_values
+from calipers.gridpdf import cdf_at, crps_values, grid_cdf, outside_grid, pdf_at
 
 
 @dataclass
@@ -87,7 +86,7 @@ class PZMetricAccumulator:
         p, z = pdfs[ok], ztrue[ok]
         g = self.zgrid
         cdf = grid_cdf(p, g)
-        pit = pit_values(p, g, z)
+        pit = cdf_at(p, g, z, cdf)
         self.pit_counts += np.bincount(self._pit_index(pit), minlength=self.pit_bins)
         below, above = outside_grid(z, g)
         self.n_below += int(below.sum())
@@ -95,7 +94,7 @@ class PZMetricAccumulator:
         sums = [np.trapezoid(p ** 2, g, axis=1).sum(), pdf_at(p, g, z).sum(), crps_values(p, g, z, cdf).sum()]
         dzn = (g[np.argmax(p, axis=1)] - z) / (1 + z)
         self.dz_counts += np.bincount(self._dz_index(dzn), minlength=self.dz_bins + 2)
-        prob = interval_probabilities(p, g, self.reliability_edges).ravel()
+        prob = interval_probabilities(p, g, self.reliability_edges, cdf).ravel()
         hit = interval_outcomes(z, self.reliability_edges).ravel().astype(np.int64)
         b = np.clip((prob * self.reliability_bins).astype(int), 0, self.reliability_bins - 1)
         self.rel_counts += np.bincount(b, minlength=self.reliability_bins)
