@@ -28,6 +28,13 @@ probit space). It is fitted by maximum likelihood of the observed v, with a vali
 and early stopping, starting near the identity; ``n_members`` networks with different seeds are
 averaged (a mixture of valid CDFs is a valid CDF).
 A small ``smoothing`` mixes every G with the identity so that no region of a p(z) is ever zeroed.
+
+Under covariate shift, ``fit(..., weights=w)`` with importance weights
+w(x) = p_target(x) / p_labelled(x) (:mod:`calipers.calibrate.shift_weights`) maximises the
+importance-weighted likelihood (and weights the optional global G0 and the early-stopping
+loss), so the network's capacity goes where the target population is. G(u | x) itself is the
+same in both populations when p(z | x) is, so the weights change only which errors of the
+fitted G matter, not its target; they matter most when the model cannot represent G everywhere.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from scipy import special
 from torch import nn
 
 from calipers.calibrate.pit import PITRecalibrator
+from calipers.calibrate.shift_weights import check_weights
 from calipers.gridpdf import remap_pdfs
 
 
@@ -87,10 +95,12 @@ def _mixture(out: torch.Tensor):
     return torch.log_softmax(logit, dim=1), mean, log_s.clamp(-5.0, 3.0)
 
 
-def _nll(out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _nll(out: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     log_w, mean, log_s = _mixture(out)
     logp = log_w - log_s - 0.5 * ((v[:, None] - mean) / log_s.exp()) ** 2 - 0.5 * math.log(2 * math.pi)
-    return -torch.logsumexp(logp, dim=1).mean()
+    if weights is None:
+        return -torch.logsumexp(logp, dim=1).mean()
+    return -(weights * torch.logsumexp(logp, dim=1)).sum() / weights.sum()
 
 
 @dataclass
@@ -123,28 +133,36 @@ class LocalPITRecalibrator:
             raise ValueError(f"calibrator was fitted on {len(self.mean)} features, got {x.shape[1]}")
         return x
 
-    def fit(self, features: np.ndarray, pit: np.ndarray, progress: bool = False) -> "LocalPITRecalibrator":
+    def fit(self, features: np.ndarray, pit: np.ndarray, progress: bool = False,
+            weights: np.ndarray | None = None) -> "LocalPITRecalibrator":
+        """Fit G(u | x) to calibration PIT values; ``weights``: optional importance weights of
+        the calibration rows (importance-weighted likelihood, module docstring)."""
         c = self.config
         pit = np.clip(np.asarray(pit, dtype=np.float64), 0.0, 1.0)
         self.mean = None
         x = self._check(features, pit)
         if len(x) < 50:
             raise ValueError(f"need at least 50 calibration objects for a local recalibration, got {len(x)}")
+        wt = None
+        if weights is not None:
+            weights = check_weights(weights, len(x), what="calibration weights")
+            weights = weights / weights.mean()  # frequency weights of mean 1 (PITRecalibrator)
+            wt = torch.as_tensor(weights, dtype=torch.float32)
         self.mean = x.mean(0)
         self.scale = np.where(x.std(0) > 0, x.std(0), 1.0).astype(np.float32)
         self.base = None
         if c.global_knots > 0:
-            self.base = PITRecalibrator(n_knots=max(2, min(c.global_knots, len(pit) // 20))).fit(pit)
+            self.base = PITRecalibrator(n_knots=max(2, min(c.global_knots, len(pit) // 20))).fit(pit, weights)
             pit = self.base.transform_cdf(pit)
         xt = torch.as_tensor((x - self.mean) / self.scale)
         v = torch.as_tensor(special.ndtri(np.clip(pit, _V_CLIP, 1 - _V_CLIP)), dtype=torch.float32)
         rng = np.random.default_rng(c.seed)
         self.members = []
         for k in range(c.n_members):
-            self.members.append(self._fit_member(xt, v, rng, k, progress))
+            self.members.append(self._fit_member(xt, v, rng, k, progress, wt))
         return self
 
-    def _fit_member(self, x, v, rng, k, progress):
+    def _fit_member(self, x, v, rng, k, progress, weights=None):
         c = self.config
         torch.manual_seed(int(rng.integers(2**31)))
         order = rng.permutation(len(x))
@@ -159,11 +177,11 @@ class LocalPITRecalibrator:
             for i in range(0, len(perm), c.batch_size):
                 mb = perm[i:i + c.batch_size]
                 opt.zero_grad()
-                _nll(net(x[mb]), v[mb]).backward()
+                _nll(net(x[mb]), v[mb], None if weights is None else weights[mb]).backward()
                 opt.step()
             net.eval()
             with torch.no_grad():
-                loss = float(_nll(net(x[val]), v[val]))
+                loss = float(_nll(net(x[val]), v[val], None if weights is None else weights[val]))
             if loss < best - 1e-5:
                 best, best_state, stale = loss, copy.deepcopy(net.state_dict()), 0
             else:
