@@ -1,6 +1,14 @@
 """Calibrator directories: ``calibrator.json`` (method, grid, parameters, feature definition, the
 model whose p(z) it was fitted on) and, for ``pit_local``, ``weights.pt`` (torch state dicts,
-loaded with ``weights_only=True``: opening a calibrator never executes code)."""
+loaded with ``weights_only=True``: opening a calibrator never executes code).
+
+A calibrator fitted on an importance-weighted calibration set (covariate shift) records it in
+``calibrator.json`` under ``importance_weights``: the catalog column the weights came from, the
+catalog, the number of rows, the Kish effective sample size (``ess``) and its fraction of the
+rows (``ess_fraction``), and the calibration set's PIT summary unweighted and weighted
+(:func:`importance_weights_info`). A weighted conformal calibrator also stores its weights (one
+per calibration score); without them it would silently be an unweighted one, so loading refuses
+it."""
 from __future__ import annotations
 
 import json
@@ -12,6 +20,8 @@ from calipers.core.provenance import read_json_object
 METHODS = ("pit_global", "pit_local", "conformal")
 CALIBRATOR_JSON = "calibrator.json"
 WEIGHTS = "weights.pt"
+IMPORTANCE_WEIGHTS = "importance_weights"
+_IMPORTANCE_KEYS = ("column", "ess", "ess_fraction")
 
 
 def save_calibrator(directory: str, spec: dict, states: dict | None = None) -> None:
@@ -35,6 +45,37 @@ def read_calibrator_spec(directory: str) -> dict:
     return read_json_object(path, FileFormatError)
 
 
+def importance_weights_info(spec: dict) -> dict | None:
+    """The ``importance_weights`` record of a calibrator spec (column, catalog, n_rows, ess,
+    ess_fraction, min_ess_fraction, max_weight, pit_summary), or None for an unweighted fit."""
+    return spec.get(IMPORTANCE_WEIGHTS) or None
+
+
+def _check_importance_weights(spec: dict, path: str, method: str) -> None:
+    if method == "conformal" and spec.get("weights") is not None:
+        import numpy as np
+
+        w = np.asarray(spec["weights"], dtype=float)
+        bad = np.flatnonzero(~(np.isfinite(w) & (w >= 0)))
+        if bad.size or not w.sum() > 0:
+            first = f"first at entry {bad[0]}" if bad.size else "all zero"
+            raise FileFormatError(f"{path}: the conformal calibrator's 'weights' must be finite and non-negative, "
+                                  f"not all zero ({first}); the file is corrupt or was edited")
+    record = spec.get(IMPORTANCE_WEIGHTS)
+    if record is None:
+        return
+    if not isinstance(record, dict) or any(k not in record for k in _IMPORTANCE_KEYS):
+        raise FileFormatError(f"{path}: '{IMPORTANCE_WEIGHTS}' must be a mapping with {list(_IMPORTANCE_KEYS)}, "
+                              f"got {record!r}; the file is corrupt or was edited")
+    if method == "conformal":
+        n_scores, weights = len(spec.get("scores") or []), spec.get("weights")
+        if weights is None or len(weights) != n_scores:
+            got = "none" if weights is None else str(len(weights))
+            raise FileFormatError(f"{path}: a conformal calibrator fitted with importance weights (column "
+                                  f"'{record['column']}') must store one weight per calibration score ({n_scores}), "
+                                  f"got {got}; the file is incomplete or was edited")
+
+
 def load_calibrator(directory: str):
     """(method, calibrator object, spec) from a calibrator directory, without executing code.
 
@@ -43,8 +84,9 @@ def load_calibrator(directory: str):
     FileNotFoundError
         No directory or no ``calibrator.json``.
     FileFormatError
-        Corrupt JSON, truncated or unreadable ``weights.pt``, or entries missing from the spec;
-        the message names the file.
+        Corrupt JSON, truncated or unreadable ``weights.pt``, or entries missing from the spec
+        (a malformed ``importance_weights`` record, or a weighted conformal calibrator without
+        its weights); the message names the file.
     ModelMismatchError
         An unknown calibration method.
     """
@@ -58,6 +100,7 @@ def load_calibrator(directory: str):
     if "zgrid" not in spec or len(spec["zgrid"]) != 3:
         raise FileFormatError(f"{path}: no redshift grid ('zgrid': [zmin, zmax, n]); the file is not a complete "
                               "calibrator")
+    _check_importance_weights(spec, path, method)
     try:
         if method == "pit_global":
             return method, PITRecalibrator.from_dict(spec), spec

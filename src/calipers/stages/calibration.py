@@ -16,6 +16,21 @@ from their provenance) and, for ``pit_local``, ``weights.pt`` (torch state dicts
 
 Rows are matched by position; when the p(z) ancil and the catalog both carry object ids
 (``id_column``) they are compared and the first mismatching row is an error.
+
+Covariate shift (``PZCalibrate.weight_column``): when the calibration objects are a biased
+(e.g. spectroscopic) sample of the population the calibrated p(z) are for, a column of the
+``calibration_truth`` catalog may hold each row's importance weight w(x) = p_target(x) /
+p_labelled(x) (a ShiftWeights stage writes one, ``shift_weight``, into a copy of the labelled
+catalog). Every method then fits on the importance-weighted calibration set (weighted PIT
+quantiles, the weighted conformal predictive distribution of Tibshirani et al. 2019, the
+importance-weighted local PIT likelihood; :mod:`calipers.calibrate`), so that calibration is
+targeted on the target population. The weights are checked (finite, non-negative, not all
+zero; errors name file, column and row), their Kish effective sample size must be at least
+``min_ess_fraction`` of the rows, and they are scaled to mean 1. ``calibrator.json`` records
+them under ``importance_weights`` (column, catalog, ESS, ESS fraction, the calibration set's
+PIT summary unweighted and weighted) and ``provenance.json`` the column and ESS.
+``PZApplyCalibration`` needs no test weights: a weighted conformal calibrator gives every object
+the expected weight of a target object, sum w^2 / sum w over the calibration set.
 """
 from __future__ import annotations
 
@@ -25,9 +40,16 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from calipers.calibrate import ConformalPredictiveDistribution, LocalPITConfig, LocalPITRecalibrator, PITRecalibrator
+from calipers.calibrate import (
+           ConformalPredictiveDistribution,
+           LocalPITConfig,
+           LocalPITRecalibrator,
+           PITRecalibrator,
+           WeightCollapseError,
+           check_effective_sample_size,
+)
 from calipers.core import catalog
-from calipers.core.calibrators import METHODS, load_calibrator, save_calibrator
+from calipers.core.calibrators import IMPORTANCE_WEIGHTS, METHODS, importance_weights_info, load_calibrator, save_calibrator
 from calipers.core.errors import CatalogError, ConfigError, ModelMismatchError
 from calipers.core.features import read_features
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
@@ -54,6 +76,24 @@ FEATURE_OPTIONS = CATALOG_OPTIONS | {
 
 def _grid(config) -> np.ndarray:
     return np.linspace(config["zmin"], config["zmax"], config["nzbins"])
+
+
+def pit_summary(pit: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """KS distance of the PIT from U(0, 1) and the coverage of the central 68 and 95% intervals,
+    optionally importance-weighted (the weighted empirical CDF; the weighted share inside each
+    interval). Cheap: one sort. For the log and the calibrator's record, not a gate."""
+    pit = np.clip(np.asarray(pit, dtype=float), 0.0, 1.0)
+    w = np.ones_like(pit) if weights is None else np.asarray(weights, dtype=float)
+    order = np.argsort(pit, kind="stable")
+    u, cw = pit[order], np.cumsum(w[order]) / w.sum()
+    ks = float(max(np.max(cw - u), np.max(u - np.concatenate([[0.0], cw[:-1]]))))
+    cover = {f"cov{round(100 * lev)}": float(np.sum(w * ((pit > (1 - lev) / 2) & (pit < (1 + lev) / 2))) / w.sum())
+             for lev in (0.68, 0.95)}
+    return {"pit_ks": ks} | cover
+
+
+def _format_summary(summary: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
 
 
 def source_model(pz_path: str) -> dict:
@@ -90,11 +130,18 @@ class PZCalibrate(CalipersStage):
         "n_members": Param(int, 3, msg="pit_local: networks averaged (different seeds)"),
         "max_epochs": Param(int, 300, msg="pit_local: epoch cap"),
         "patience": Param(int, 20, msg="pit_local: early-stopping patience in epochs"),
+        "weight_column": Param(str, "", msg="Column of calibration_truth holding each row's importance weight "
+                                            "p_target/p_labelled (e.g. shift_weight from ShiftWeights): calibrate "
+                                            "for the target population ('' = unweighted)"),
+        "min_ess_fraction": Param(float, 0.05, msg="weight_column: smallest effective sample size of the weights, "
+                                                   "as a fraction of the calibration rows (below it: an error)"),
     } | FEATURE_OPTIONS | TRUTH_OPTIONS
 
     @classmethod
     def required_columns(cls, config):
         cols = [config["redshift_column"]]
+        if config["weight_column"]:
+            cols.append(config["weight_column"])
         if config["method"] == "pit_local":
             if config["feature_columns"]:
                 cols += list(config["feature_columns"])
@@ -118,6 +165,12 @@ class PZCalibrate(CalipersStage):
             raise ConfigError(f"stage {self.instance_name}: zmax ({c['zmax']}) must be larger than zmin ({c['zmin']})")
         if c["method"] == "pit_local" and not c["feature_columns"] and len(c["bands"]) < 1:
             raise ConfigError(f"stage {self.instance_name}: pit_local needs features: give bands or feature_columns")
+        if not 0 <= c["min_ess_fraction"] <= 1:
+            raise ConfigError(f"stage {self.instance_name}: min_ess_fraction must be in [0, 1], "
+                              f"got {c['min_ess_fraction']}")
+        if c["weight_column"] and c["weight_column"] == c["redshift_column"]:
+            raise ConfigError(f"stage {self.instance_name}: weight_column and redshift_column are both "
+                              f"'{c['weight_column']}'; the importance weights are a column of their own")
 
     def process(self):
         c = self.config
@@ -126,6 +179,9 @@ class PZCalibrate(CalipersStage):
         if n == 0:
             raise CatalogError(f"{pz_path}: holds no p(z) (0 rows); a calibrator needs a non-empty calibration set")
         z = catalog.read_truth(truth_path, c["hdf5_groupname"], c["redshift_column"], n, pz_path)
+        weights, weight_record = None, None
+        if c["weight_column"]:
+            weights, weight_record = self._importance_weights(truth_path, pz_path, n)
         if catalog.check_matching_ids(pz_path, "ancil/id", truth_path, c["hdf5_groupname"], c["id_column"]):
             log.info("object ids of %s match %s row by row", pz_path, truth_path)
         zgrid = _grid(c)
@@ -139,24 +195,82 @@ class PZCalibrate(CalipersStage):
             pit[start:end] = pit_values(pdfs, zgrid, z[start:end])
         spec = {"method": c["method"], "zgrid": [c["zmin"], c["zmax"], c["nzbins"]], "n_calibration": n,
                 "fitted_on": source_model(pz_path)}
+        unweighted = pit_summary(pit)
+        log.info("calibration-set PIT before calibration (unweighted): %s", _format_summary(unweighted))
+        if weights is not None:
+            weighted = pit_summary(pit, weights)
+            log.info("calibration-set PIT before calibration (weighted by '%s', the target population): %s",
+                     c["weight_column"], _format_summary(weighted))
+            weight_record["pit_summary"] = {"unweighted": unweighted, "weighted": weighted}
+            spec[IMPORTANCE_WEIGHTS] = weight_record
         states = None
         if c["method"] == "pit_global":
-            spec |= PITRecalibrator(n_knots=c["n_knots"]).fit(pit).to_dict()
+            spec |= PITRecalibrator(n_knots=c["n_knots"]).fit(pit, weights).to_dict()
         elif c["method"] == "conformal":
-            spec |= ConformalPredictiveDistribution().fit(pit).to_dict()
+            spec |= ConformalPredictiveDistribution().fit(pit, weights).to_dict()
         else:
             spec["features"] = self._feature_spec()
             x = read_features(truth_path, spec["features"])
             cfg = LocalPITConfig(n_components=c["n_components"], hidden=c["hidden"], n_members=c["n_members"],
                                  max_epochs=c["max_epochs"], patience=c["patience"], seed=c["seed"])
             log.info("fitting the local PIT model on %d galaxies x %d features", n, x.shape[1])
-            cal = LocalPITRecalibrator(cfg).fit(x, pit, progress=self.rank == 0)
+            cal = LocalPITRecalibrator(cfg).fit(x, pit, progress=self.rank == 0, weights=weights)
             meta, states = cal.state()
             spec |= meta
         out = self.output_path("calibrator")
         save_calibrator(out, spec, states)
-        write_provenance_json(out, self.provenance() | {"n_calibration": str(n)})
-        log.info("fitted %s calibrator on %d galaxies", c["method"], n)
+        prov = self.provenance() | {"n_calibration": str(n)}
+        if weight_record is not None:
+            prov |= {"weight_column": c["weight_column"], "weight_ess": f"{weight_record['ess']:.6g}",
+                     "weight_ess_fraction": f"{weight_record['ess_fraction']:.6g}"}
+        write_provenance_json(out, prov)
+        if weight_record is None:
+            log.info("fitted %s calibrator on %d galaxies", c["method"], n)
+        else:
+            log.info("fitted %s calibrator on %d galaxies importance-weighted by '%s' (effective sample size %.1f)",
+                     c["method"], n, c["weight_column"], weight_record["ess"])
+
+    def _importance_weights(self, truth_path: str, pz_path: str, n: int) -> tuple[np.ndarray, dict]:
+        """The importance weights of the calibration rows (``weight_column`` of the truth catalog,
+        the same rows as the redshifts), checked and scaled to mean 1, and their record for
+        ``calibrator.json``.
+
+        Raises
+        ------
+        CatalogError
+            A weight that is not finite or negative (naming the file, column and first row), or
+            weights all zero.
+        WeightCollapseError
+            An effective sample size below ``min_ess_fraction`` of the rows (naming the stage,
+            the file and the rows holding the largest weights).
+        """
+        c = self.config
+        column, group = c["weight_column"], c["hdf5_groupname"]
+        raw = catalog.read_truth(truth_path, group, column, n, pz_path).astype(float)
+        where = f"{truth_path}: importance-weight column '{column}' (group '{group}')"
+        bad = np.flatnonzero(~np.isfinite(raw))
+        if bad.size:
+            raise CatalogError(f"{where} is not finite in {bad.size} row(s), first at row {bad[0]} ({raw[bad[0]]})")
+        bad = np.flatnonzero(raw < 0)
+        if bad.size:
+            raise CatalogError(f"{where} is negative in {bad.size} row(s), first at row {bad[0]} ({raw[bad[0]]:g}); "
+                               "importance weights p_target/p_labelled are >= 0")
+        if not raw.sum() > 0:
+            raise CatalogError(f"{where} is zero in every row: no calibration object resembles the target population")
+        try:
+            ess = check_effective_sample_size(raw, c["min_ess_fraction"], what="calibration rows")
+        except WeightCollapseError as err:
+            raise WeightCollapseError(f"stage {self.instance_name}: {where}: {err} (Or, knowing that calibration for "
+                                      "the target then rests on a few objects, lower min_ess_fraction.)",
+                                      err.ess, err.floor, err.rows) from err
+        weights = raw / raw.mean()
+        record = {"column": column, "catalog": truth_path, "n_rows": n, "n_zero": int(np.sum(raw == 0)),
+                  "ess": ess, "ess_fraction": ess / n, "min_ess_fraction": c["min_ess_fraction"],
+                  "max_weight": float(weights.max()), "scaled_to": "mean 1"}
+        log.info("importance weights from %s: effective sample size %.1f of %d rows (fraction %.3f), largest "
+                 "weight %.3g x the mean, %d row(s) of weight 0", where, ess, n, ess / n, record["max_weight"],
+                 record["n_zero"])
+        return weights, record
 
     def _feature_spec(self) -> dict:
         from calipers.photoz.preprocess import PhotometryPreprocessor
@@ -181,6 +295,12 @@ class PZApplyCalibration(CalipersStage):
     p(z); a row that could not be calibrated (invalid input p(z) or calibrated result) is NaN
     in the p(z) and in those point estimates - never the stale input values. p(z) from another
     model than the one the calibrator was fitted on are refused (``on_model_mismatch``).
+
+    A calibrator fitted with importance weights (``PZCalibrate.weight_column``) needs no weights
+    here: the PIT methods carry them in their fitted remapping, and the weighted conformal
+    calibrator gives every object the expected weight of a target object (sum w^2 / sum w of the
+    calibration weights; :mod:`calipers.calibrate.conformal`), an approximation to per-object
+    test weights of order 1/n.
     """
 
     name = "PZApplyCalibration"
@@ -223,6 +343,12 @@ class PZApplyCalibration(CalipersStage):
 
     def process(self):
         method, cal, spec = load_calibrator(self.input_path("calibrator"))
+        weighted = importance_weights_info(spec)
+        if weighted and self.rank == 0:
+            log.info("calibrator %s was fitted with importance weights ('%s' of %s, effective sample size %.1f): "
+                     "it targets calibration on that target population%s", self.input_path("calibrator"),
+                     weighted["column"], weighted.get("catalog", "?"), weighted["ess"],
+                     "; every object gets the expected target weight sum w^2 / sum w" if method == "conformal" else "")
         zmin, zmax, nz = spec["zgrid"]
         zgrid = np.linspace(zmin, zmax, int(nz))
         path = self.input_path("pz")
