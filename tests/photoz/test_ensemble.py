@@ -235,3 +235,57 @@ def test_fit_rejects_non_finite_redshift(train100):
     z[7] = np.nan
     with pytest.raises(ValueError, match="row 7"):
         DeepEnsemble(EnsembleConfig(**TINY_ENSEMBLE)).fit(mags, errs, z, BANDS, progress=False)
+
+
+# ---------------------------------------------------------------------------- batched training
+def _toy_photometry(n=600, seed=1):
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.1, 2.0, n)
+    mags = np.stack([22 + z * (i - 2) * 0.5 + rng.normal(0, 0.1, n) for i in range(6)], 1)
+    return mags, np.full_like(mags, 0.05), z
+
+
+def test_members_trained_together_equal_members_trained_alone():
+    """Every member depends only on (seed, member): trained in one batched stack of 3, alone, or
+    with another subset (members stopping early at different epochs), its weights are bit-for-bit
+    the same. This is what makes MPI-shared training equal to a serial fit."""
+    mags, errs, z = _toy_photometry()
+    cfg = dict(n_members=3, hidden=16, n_layers=2, batch_size=64, max_epochs=80, patience=3, lr_patience=1,
+               ema=0.0, cde_weight=0.3, crps_weight=5.0, band_dropout=0.1, augment=True)
+    together = DeepEnsemble(EnsembleConfig(**cfg)).fit(mags, errs, z, BANDS, progress=False).member_states()
+    stopped_at = {k: h["epochs_run"] for k, (_, h) in together.items()}
+    assert len(set(stopped_at.values())) > 1, f"members should stop at different epochs here: {stopped_at}"
+    assert max(stopped_at.values()) < 80
+    for subset in ([1], [2, 0]):
+        apart = DeepEnsemble(EnsembleConfig(**cfg)).fit(mags, errs, z, BANDS, progress=False,
+                                                        members=subset).member_states()
+        for k in subset:
+            assert apart[k][1] == together[k][1]
+            for name, t in together[k][0].items():
+                assert torch.equal(apart[k][0][name], t), (k, name)
+
+
+def test_training_weights_change_the_fit_and_unit_weights_do_not():
+    mags, errs, z = _toy_photometry(300)
+    cfg = EnsembleConfig(n_members=1, hidden=16, n_layers=1, max_epochs=3, ema=0.0)
+    plain = DeepEnsemble(cfg).fit(mags, errs, z, BANDS, progress=False).member_states()[0][0]
+    ones = DeepEnsemble(cfg).fit(mags, errs, z, BANDS, progress=False, weights=np.ones(len(z))).member_states()[0][0]
+    tilted = DeepEnsemble(cfg).fit(mags, errs, z, BANDS, progress=False, weights=np.exp(2 * z)).member_states()[0][0]
+    for name in plain:
+        torch.testing.assert_close(ones[name], plain[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(tilted[name], plain[name], atol=1e-4) for name in plain)
+
+
+@pytest.mark.parametrize("weights, match", [(np.ones(5), "one value per training row"),
+                                            ("nan", "first at row 7"), ("neg", "first at row 7"),
+                                            ("zero", "every training weight is 0")])
+def test_training_weights_are_checked(weights, match):
+    mags, errs, z = _toy_photometry(50)
+    if isinstance(weights, str):
+        w = np.zeros(len(z)) if weights == "zero" else np.ones(len(z))
+        if weights != "zero":
+            w[7] = np.nan if weights == "nan" else -1.0
+        weights = w
+    with pytest.raises(ValueError, match=match):
+        DeepEnsemble(EnsembleConfig(n_members=1, max_epochs=1)).fit(mags, errs, z, BANDS, progress=False,
+                                                                     weights=weights)

@@ -275,7 +275,7 @@ def _random_mixtures(seed: int, n: int = 6, k: int = 4):
 
 
 def test_closed_form_crps_and_cde_loss_match_numerical_integrals():
-    from calipers.photoz.mdn import mixture_cde_loss, mixture_crps
+    from calipers.photoz.mdn import mixture_cde_loss, mixture_crps, mixture_scores
 
     w, mu, s, z, out = _random_mixtures(7)
     grid = np.linspace(-3.0, 6.0, 90_001)
@@ -293,6 +293,15 @@ def test_closed_form_crps_and_cde_loss_match_numerical_integrals():
         one = tuple(a[i:i + 1] for a in out)
         assert mixture_crps(one, zt[i:i + 1]).item() == pytest.approx(crps_num[i], rel=1e-6, abs=1e-9)
         assert mixture_cde_loss(one, zt[i:i + 1]).item() == pytest.approx(cde_num[i], rel=1e-6, abs=1e-9)
+    # the training form (pairs i < j only, per row, any leading dimensions) gives the same scores
+    nll = -np.log(p_true)
+    for cde_w, crps_w in ((0.0, 0.0), (0.3, 0.0), (0.0, 10.0), (0.3, 10.0)):
+        rows = mixture_scores(out, zt, cde_w, crps_w).numpy()
+        np.testing.assert_allclose(rows, nll + cde_w * cde_num + crps_w * crps_num, rtol=1e-6, atol=1e-8)
+        stacked = mixture_scores(tuple(torch.stack([a, a.flip(0)]) for a in out), torch.stack([zt, zt.flip(0)]),
+                                 cde_w, crps_w)
+        assert stacked.shape == (2, len(z))
+        np.testing.assert_allclose(stacked[1].numpy(), rows[::-1], rtol=1e-12)
     # the CRPS of a point mass at the truth is 0 and grows with the distance
     sharp = (torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64),
              torch.log(torch.tensor([[1e-6]], dtype=torch.float64)))

@@ -362,7 +362,7 @@ def test_estimate_failure_mid_run_leaves_no_output(tmp_path, tiny_model_dir, mon
 
 
 def test_inform_failure_mid_save_leaves_no_output(tmp_path, monkeypatch):
-    def failing_save(directory, ensemble):
+    def failing_save(directory, ensemble, **_):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "metadata.json"), "w") as fh:
             fh.write("{")
@@ -405,3 +405,72 @@ def test_estimate_split_over_ranks_equals_serial(tmp_path, tiny_model_dir, estim
     with h5py.File(pz, "r") as f:
         assert f["provenance"].attrs["calipers_version"] == calipers.__version__
     assert qp.read(str(pz)).npdf == 10
+
+
+# ---------------------------------------------------------------------------- support flags, model card, weights
+def test_model_stores_support_region_and_card(tiny_model_dir, train100):
+    from calipers.core.models import load_model_and_support
+
+    ens, support, card = load_model_and_support(tiny_model_dir)
+    assert support is not None and support.n_neighbors == 10 and support.level == 0.99
+    assert support._labelled.shape == (len(train100["redshift"]), 2 * len(BANDS) - 1)
+    data = card["training_data"]
+    assert data["rows"] == len(train100["redshift"])
+    assert data["redshift"]["min"] == pytest.approx(float(np.min(train100["redshift"])))
+    assert data["redshift"]["max"] == pytest.approx(float(np.max(train100["redshift"])))
+    assert len(data["sha256"]) == 64
+    assert set(data["magnitudes_detected"]) == set(BANDS)
+    assert card["support_region"]["threshold"] == support.threshold
+    assert [m["member"] for m in card["model"]["members"]] == [0, 1]
+    assert card["software"]["torch"] == torch.__version__
+
+
+def test_estimate_flags_galaxies_outside_the_training_support(tmp_path, tiny_model_dir, valid10):
+    """A copy of the validation galaxies with colours no galaxy has (bands alternately 3 mag
+    fainter and brighter) is outside the support of the 100 training galaxies; the originals are
+    mostly inside."""
+    cols = dict(valid10)
+    n = len(cols["redshift"])
+    for i, b in enumerate(BANDS):
+        shift = 3.0 * (-1) ** i
+        faint = np.where(np.abs(cols[f"mag_{b}_lsst"]) < 90, cols[f"mag_{b}_lsst"] + shift, cols[f"mag_{b}_lsst"])
+        cols[f"mag_{b}_lsst"] = np.concatenate([cols[f"mag_{b}_lsst"], faint])
+        cols[f"mag_err_{b}_lsst"] = np.concatenate([cols[f"mag_err_{b}_lsst"]] * 2)
+    cols["redshift"] = np.concatenate([cols["redshift"]] * 2)
+    cols.pop("id", None)
+    cat = write_catalog(tmp_path / "cat.hdf5", cols)
+    cfg = write_config(tmp_path / "config.yml", estimate={"epistemic": True, "point_estimates": []})
+    run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=str(cat), pz=str(tmp_path / "pz.hdf5"))
+    ens = qp.read(str(tmp_path / "pz.hdf5"))
+    ood, score = ens.ancil["ood"], ens.ancil["support_score"]
+    assert ood.dtype == np.int8
+    assert ood[n:].all() and ood[:n].mean() < 0.5
+    assert np.all(score[n:] > score[:n].max())
+    mi, h = ens.ancil["mutual_information"], ens.ancil["entropy"]
+    assert np.all(mi >= 0) and np.all(np.isfinite(h)) and np.all(mi <= np.log(2) + 1e-12)  # 2 members
+    cfg = write_config(tmp_path / "config2.yml", estimate={"support_flags": False, "point_estimates": []})
+    run_stage("PZEstimate", cfg, model=tiny_model_dir, catalog=str(cat), pz=str(tmp_path / "pz2.hdf5"))
+    assert "ood" not in qp.read(str(tmp_path / "pz2.hdf5")).ancil
+
+
+def test_inform_with_weight_column(tmp_path, train100):
+    cols = dict(train100)
+    z = cols["redshift"]
+    cols["w"] = np.exp(2 * (z - z.mean()))
+    cat = write_catalog(tmp_path / "train.hdf5", cols)
+    for label, extra in (("plain", {}), ("weighted", {"weight_column": "w"})):
+        cfg = write_config(tmp_path / f"{label}.yml", inform=dict(TINY_INFORM, **extra))
+        run_stage("PZInform", cfg, training_catalog=str(cat), model=str(tmp_path / label))
+    plain, weighted = (torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("plain", "weighted"))
+    assert any(not torch.equal(plain["member_0"][k], weighted["member_0"][k]) for k in plain["member_0"])
+    from calipers.core.models import load_model_and_support
+
+    card = load_model_and_support(str(tmp_path / "weighted"))[2]
+    w = cols["w"]
+    assert card["training_data"]["importance_weights"]["ess"] == pytest.approx(w.sum() ** 2 / (w * w).sum())
+    cols["w"] = np.where(np.arange(len(z)) == 17, -1.0, cols["w"])
+    bad = write_catalog(tmp_path / "bad.hdf5", cols)
+    cfg = write_config(tmp_path / "bad.yml", inform=dict(TINY_INFORM, weight_column="w"))
+    with pytest.raises(ValueError, match=r"column 'w'.*first at row 17"):
+        run_stage("PZInform", cfg, training_catalog=str(bad), model=str(tmp_path / "bad_model"))
+    assert_no_output(tmp_path / "bad_model")

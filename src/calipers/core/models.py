@@ -110,20 +110,60 @@ def read_model_dir(directory: str, what: str = "calipers model", meta_name: str 
     return meta, states
 
 
-def save_model(directory: str, ensemble: DeepEnsemble) -> None:
-    """Write a photo-z ensemble: ``metadata.json`` and ``weights.pt`` (with checksums)."""
-    write_model_dir(directory, *ensemble.state())
+SUPPORT_KEY = "support"
+
+
+def save_model(directory: str, ensemble: DeepEnsemble, support=None, card: dict | None = None) -> None:
+    """Write a photo-z ensemble: ``metadata.json`` and ``weights.pt`` (with checksums).
+
+    ``support``: the training sample's :class:`~calipers.validate.support.KNNSupport`, stored
+    with the model (its labelled feature rows as a tensor in ``weights.pt``, the rest in the
+    metadata) so that every p(z) made with the model can be flagged where the training sample
+    gives it no support. ``card``: the model card (JSON-able), stored in the metadata."""
+    meta, states = ensemble.state()
+    if support is not None:
+        state = support.to_dict()
+        features = state.pop("labelled_features")
+        meta[SUPPORT_KEY] = state
+        states[SUPPORT_KEY] = {"labelled_features": torch.as_tensor(features, dtype=torch.float64)}
+    if card is not None:
+        meta["model_card"] = card
+    write_model_dir(directory, meta, states)
+
+
+def load_model_and_support(directory: str):
+    """(ensemble, support or None, model card or None) of a directory written by
+    :func:`save_model`; see :func:`load_model`."""
+    from calipers.validate.support import KNNSupport
+
+    meta, states = read_model_dir(directory, "calipers model")
+    support_state, support_rows = meta.pop(SUPPORT_KEY, None), states.pop(SUPPORT_KEY, None)
+    card = meta.pop("model_card", None)
+    try:
+        ensemble = DeepEnsemble.from_state(meta, states)
+    except ModelStateError as err:
+        raise ModelMismatchError(f"{directory}: {err}") from err
+    support = None
+    if (support_state is None) != (support_rows is None):
+        raise ModelMismatchError(f"{directory}: the support region is stored only in part (metadata and weights "
+                                 "disagree); retrain")
+    if support_state is not None:
+        try:
+            rows = support_rows["labelled_features"].numpy()
+            support = KNNSupport.from_dict(support_state | {"labelled_features": rows})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ModelMismatchError(f"{directory}: unusable support region: {err}") from err
+        if rows.shape[1] != 2 * len(ensemble.bands) - 1:
+            raise ModelMismatchError(f"{directory}: the support region has {rows.shape[1]} features, the model's "
+                                     f"{len(ensemble.bands)} bands give {2 * len(ensemble.bands) - 1}")
+    return ensemble, support, card
 
 
 def load_model(directory: str) -> DeepEnsemble:
     """Load a photo-z ensemble written by :func:`save_model`, without executing code, after
     verifying its checksums and every metadata value (:class:`ModelMismatchError` naming the
     directory and what is wrong)."""
-    meta, states = read_model_dir(directory, "calipers model")
-    try:
-        return DeepEnsemble.from_state(meta, states)
-    except ModelStateError as err:
-        raise ModelMismatchError(f"{directory}: {err}") from err
+    return load_model_and_support(directory)[0]
 
 
 def check_model_bands(ensemble: DeepEnsemble, bands: list[str], source: str = "catalog",

@@ -17,16 +17,15 @@ Two guards keep unusual inputs from producing absurd p(z):
 """
 from __future__ import annotations
 
-import copy
 import logging
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from calipers.photoz.mdn import (MixtureDensityNetwork, mixture_cde_loss, mixture_crps, mixture_nll,
-                                 photometry_features)
+from calipers.photoz.mdn import MixtureDensityNetwork, mixture_scores, photometry_features
 from calipers.photoz.mixture import in_threads, mixture_point_estimates
 from calipers.photoz.preprocess import PhotometryPreprocessor
 
@@ -75,6 +74,138 @@ def drop_bands(mags: torch.Tensor, errs: torch.Tensor, flags: torch.Tensor, prob
     return (torch.where(drop, fill.reshape(1, -1).to(mags.dtype), mags),
             torch.where(drop, torch.full_like(errs, nondetection_err), errs),
             torch.where(drop, torch.ones_like(flags), flags))
+
+
+def _check_weights(weights, n: int) -> np.ndarray:
+    """Training-row weights as a float64 array, or ValueError naming the first bad row."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights must be 1-d with one value per training row ({n}), got shape {w.shape}")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise ValueError(f"weights must be finite and >= 0: {bad.size} row(s) are not, first at row {bad[0]} "
+                         f"(weight {w[bad[0]]})")
+    if not w.sum() > 0:
+        raise ValueError("every training weight is 0")
+    return w
+
+
+_FUNCTIONAL_ACTIVATIONS = {"silu": torch.nn.functional.silu, "relu": torch.relu, "tanh": torch.tanh,
+                           "gelu": torch.nn.functional.gelu}
+
+
+class _MemberStack:
+    """The members of an ensemble in training, as one batched model.
+
+    Every member's weights live in one row of a flat ``(members, parameters)`` leaf tensor
+    (each layer: W transposed to (in, out), then b), so the forward pass is one batched matrix
+    product per layer over all members (``baddbmm`` on views of the rows), and the optimiser, the
+    weight average and the best-state copies each cost one operation for the whole ensemble.
+    A member's output depends only on its own row and its own inputs.
+    """
+
+    def __init__(self, nets: list[MixtureDensityNetwork], device):
+        first = nets[0]
+        self.colours, self.k, self.z_range = first.colours, first.n_components, first.z_range
+        self.act = _FUNCTIONAL_ACTIVATIONS[next(a for a, cls in MixtureDensityNetwork.ACTIVATIONS.items()
+                                                if isinstance(first.net[1], cls))]
+        self.shapes = [(mod.in_features, mod.out_features) for mod in first.net if isinstance(mod, torch.nn.Linear)]
+        self.flat = torch.stack([self.flatten(net) for net in nets]).to(device).requires_grad_(True)
+        self.mean = torch.stack([net.feature_mean for net in nets])[:, None, :].to(device)
+        self.std = torch.stack([net.feature_std for net in nets])[:, None, :].to(device)
+
+    @staticmethod
+    def flatten(net: MixtureDensityNetwork) -> torch.Tensor:
+        return torch.cat([t for mod in net.net if isinstance(mod, torch.nn.Linear)
+                          for t in (mod.weight.detach().t().reshape(-1), mod.bias.detach())])
+
+    @staticmethod
+    @torch.no_grad()
+    def unflatten_into(net: MixtureDensityNetwork, row: torch.Tensor) -> None:
+        at = 0
+        for mod in net.net:
+            if isinstance(mod, torch.nn.Linear):
+                n_in, n_out = mod.in_features, mod.out_features
+                mod.weight.copy_(row[at:at + n_in * n_out].view(n_in, n_out).t())
+                at += n_in * n_out
+                mod.bias.copy_(row[at:at + n_out])
+                at += n_out
+
+    def forward(self, flat: torch.Tensor, mags, errs, flags):
+        """(log weights, means, log sigmas), each (members, rows, K), of inputs (members, rows, bands)."""
+        n_m, n_rows, n_bands = mags.shape
+        x = photometry_features(mags.reshape(-1, n_bands), errs.reshape(-1, n_bands), flags.reshape(-1, n_bands),
+                                self.colours).view(n_m, n_rows, -1)
+        h = (x - self.mean) / self.std
+        at = 0
+        for i, (n_in, n_out) in enumerate(self.shapes):
+            weight = flat[:, at:at + n_in * n_out].view(n_m, n_in, n_out)
+            at += n_in * n_out
+            h = torch.baddbmm(flat[:, at:at + n_out].view(n_m, 1, n_out), h, weight)
+            at += n_out
+            if i < len(self.shapes) - 1:
+                h = self.act(h)
+        logits, means, log_sigma = h.split(self.k, dim=-1)
+        if self.z_range is not None:
+            means = means.clamp(*self.z_range)
+        return (torch.log_softmax(logits, dim=-1), means,
+                log_sigma.clamp(MixtureDensityNetwork.LOG_SIGMA_MIN, MixtureDensityNetwork.LOG_SIGMA_MAX))
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every member but those at positions ``rows`` (members that stopped early)."""
+        self.flat = self.flat.detach()[rows].clone().requires_grad_(True)
+        self.mean, self.std = self.mean[rows], self.std[rows]
+
+
+class _StackedAdamW:
+    """AdamW (Loshchilov & Hutter 2019, torch's update rule: decoupled weight decay, bias-corrected
+    moments) on a ``(members, parameters)`` tensor with one learning rate per member, so each
+    member's learning-rate schedule stays its own."""
+
+    def __init__(self, flat: torch.Tensor, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.flat, self.weight_decay, self.betas, self.eps = flat, weight_decay, betas, eps
+        self.lr = [float(lr)] * flat.shape[0]
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        self.flat.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        grad, p = self.flat.grad, self.flat
+        lr = torch.tensor(self.lr, dtype=p.dtype, device=p.device)[:, None]
+        p.mul_(1 - lr * self.weight_decay)
+        self.exp_avg.lerp_(grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(self.eps)
+        p.sub_(self.exp_avg / denom * (lr / (1 - b1 ** self.t)))
+
+    def keep(self, rows: list[int], flat: torch.Tensor) -> None:
+        self.flat = flat
+        self.lr = [self.lr[j] for j in rows]
+        self.exp_avg, self.exp_avg_sq = self.exp_avg[rows].clone(), self.exp_avg_sq[rows].clone()
+
+
+class _Plateau:
+    """torch's ``ReduceLROnPlateau(mode="min", factor=0.5, patience)`` for one member: halve the
+    learning rate after more than ``patience`` epochs without a relative improvement of 1e-4."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.bad = patience, float("inf"), 0
+
+    def step(self, value: float, lr: float) -> float:
+        if value < self.best * (1 - 1e-4):
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        if self.bad > self.patience:
+            self.bad = 0
+            if lr - 0.5 * lr > 1e-8:
+                lr *= 0.5
+        return lr
 
 
 @dataclass
@@ -176,7 +307,7 @@ class DeepEnsemble:
                                      z_range=self.z_range)
 
     def fit(self, mags: np.ndarray, errs: np.ndarray, z: np.ndarray, bands: list[str], device: str = "cpu",
-            progress: bool = True, members=None) -> "DeepEnsemble":
+            progress: bool = True, members=None, weights=None) -> "DeepEnsemble":
         """Train every member (or only the members numbered in ``members``).
 
         Parameters
@@ -196,6 +327,10 @@ class DeepEnsemble:
             Train only these members (e.g. one MPI rank's share); member k depends only on
             (seed, k), so members trained apart and joined with :meth:`adopt_members` equal
             those of one serial fit.
+        weights : (n,) array, optional
+            Importance weights of the training rows (e.g. p_target(x) / p_labelled(x) under
+            covariate shift): every loss, in training and in early stopping, is the weighted
+            mean over rows. None: equal weights.
         """
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 1 or len(z) != len(mags):
@@ -220,11 +355,13 @@ class DeepEnsemble:
         zt = torch.as_tensor(z, dtype=torch.float32)
         self.members, self.history = [], []
         self.member_ids = list(range(self.config.n_members) if members is None else members)
-        for k in self.member_ids:
-            net, hist = self._train_member(k, m, e, f, zt, device, progress)
-            self.members.append(net)
-            self.history.append(hist)
-            log.info("member %d: best validation NLL %.4f at epoch %d", k, hist["best_val_nll"], hist["best_epoch"])
+        wt = None if weights is None else torch.as_tensor(_check_weights(weights, len(z)), dtype=torch.float32)
+        if self.member_ids:
+            for net, hist in self._train_members(self.member_ids, m, e, f, zt, wt, device, progress):
+                self.members.append(net)
+                self.history.append(hist)
+                log.info("member %d: best validation loss %.4f at epoch %d of %d", hist["member"],
+                         hist["best_val_nll"], hist["best_epoch"], hist["epochs_run"])
         return self
 
     def member_states(self) -> dict[int, tuple[dict, dict]]:
@@ -249,75 +386,116 @@ class DeepEnsemble:
         self.member_ids = list(range(self.config.n_members))
         return self
 
-    def _loss(self, out, z):
-        """Training and early-stopping objective: NLL + cde_weight * CDE loss + crps_weight * CRPS
-        (all three proper scores, so any mix is still minimised by the true p(z))."""
-        loss = mixture_nll(out, z)
-        if self.config.cde_weight > 0:
-            loss = loss + self.config.cde_weight * mixture_cde_loss(out, z)
-        if self.config.crps_weight > 0:
-            loss = loss + self.config.crps_weight * mixture_crps(out, z)
-        return loss
+    def _loss(self, out, z, weights=None):
+        """Training and early-stopping objective: the (weighted) mean over rows of NLL +
+        cde_weight * CDE loss + crps_weight * CRPS (all three proper scores, so any mix is still
+        minimised by the true p(z)); leading dimensions other than the last (rows) are kept."""
+        rows = mixture_scores(out, z, self.config.cde_weight, self.config.crps_weight)
+        if weights is None:
+            return rows.mean(-1)
+        return (rows * weights).sum(-1) / weights.sum(-1)
 
-    def _train_member(self, k, m, e, f, z, device, progress):
+    def _train_members(self, ids, m, e, f, z, weights, device, progress):
+        """Train the members numbered ``ids`` together as one batched model (:class:`_MemberStack`).
+
+        Member k draws everything from its own seed (k, config.seed): initial weights, its
+        train/validation split, the order of its mini-batches and its augmentation draws. The
+        members share only the arithmetic - batched matrix products, one optimiser step over a
+        flat (members, parameters) tensor - in which no value of one member enters another's.
+        Each member keeps its own learning-rate schedule and early stopping; a member that stops
+        leaves the stack, and the others go on without it. So a member's weights do not depend
+        on which other members were trained with it (tested bit for bit), and members shared
+        out over MPI ranks equal those of one serial fit.
+        """
         c = self.config
-        rng = np.random.default_rng([c.seed, k])
-        torch.manual_seed(int(rng.integers(2**31)))
-        order = rng.permutation(len(z))
+        nets, rngs, gens, vals, trains = [], [], [], [], []
         n_val = int(round(c.val_fraction * len(z)))
-        val, train = torch.as_tensor(order[:n_val]), order[n_val:]
-        net = self._new_member()
-        net.set_scaling(m[train], e[train], f[train])
-        net.init_output(z[train])
-        net.to(device)
+        for k in ids:
+            rng = np.random.default_rng([c.seed, k])
+            torch.manual_seed(int(rng.integers(2**31)))
+            order = rng.permutation(len(z))
+            val, train = order[:n_val], order[n_val:]
+            net = self._new_member()
+            net.set_scaling(m[train], e[train], f[train])
+            net.init_output(z[train])
+            nets.append(net)
+            rngs.append(rng)
+            vals.append(val)
+            trains.append(train)
+            gens.append(torch.Generator(device=device).manual_seed(int(rng.integers(2**31))))
+        stack = _MemberStack(nets, device)
         m, e, f, z = m.to(device), e.to(device), f.to(device), z.to(device)
-        averaged = copy.deepcopy(net) if c.ema > 0 else net
-        opt = torch.optim.AdamW(net.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=c.lr_patience)
-        gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+        w = None if weights is None else weights.to(device)
+        val_idx = torch.as_tensor(np.stack(vals), device=device)
         fill, nd_err = self.preprocessor.nondetection_treatment()
         fill = torch.as_tensor(fill, device=device)[None, :]
-        best, best_state, best_epoch, waited = float("inf"), None, -1, 0
-        bar = tqdm(range(c.max_epochs), desc=f"member {k + 1}/{c.n_members}", disable=not progress, leave=False)
+        adam = _StackedAdamW(stack.flat, c.learning_rate, c.weight_decay)
+        averaged = stack.flat.detach().clone()
+        n_members = len(ids)
+        active = list(range(n_members))  # positions (in ids) of the members still training
+        best = [float("inf")] * n_members
+        best_state = [None] * n_members
+        best_epoch, waited, epochs_run = [-1] * n_members, [0] * n_members, [0] * n_members
+        sched = [_Plateau(c.lr_patience) for _ in ids]
+        bar = tqdm(range(c.max_epochs), desc=f"members {list(ids)}", disable=not progress, leave=False)
         for epoch in bar:
-            net.train()
-            perm = torch.as_tensor(rng.permutation(train), device=device)
-            for i in range(0, len(perm), c.batch_size):
-                b = perm[i:i + c.batch_size]
+            perms = torch.as_tensor(np.stack([rngs[a].permutation(trains[a]) for a in active]), device=device)
+            for i in range(0, perms.shape[1], c.batch_size):
+                b = perms[:, i:i + c.batch_size]  # (active members, rows)
                 mb, eb, fb = m[b], e[b], f[b]
                 if c.augment:  # redraw detected magnitudes within their errors
-                    noise = torch.randn(mb.shape, generator=gen, device=device)
+                    noise = torch.stack([torch.randn(mb.shape[1:], generator=gens[a], device=device) for a in active])
                     mb = mb + eb * noise * (1 - fb)
                 if c.band_dropout > 0:
-                    mb, eb, fb = drop_bands(mb, eb, fb, c.band_dropout, fill, nd_err, gen)
-                opt.zero_grad()
-                loss = self._loss(net(mb, eb, fb), z[b])
-                loss.backward()
-                opt.step()
+                    dropped = [drop_bands(mb[j], eb[j], fb[j], c.band_dropout, fill, nd_err, gens[a])
+                               for j, a in enumerate(active)]
+                    mb, eb, fb = (torch.stack(t) for t in zip(*dropped))
+                loss = self._loss(stack.forward(stack.flat, mb, eb, fb), z[b], None if w is None else w[b])
+                adam.zero_grad()
+                loss.sum().backward()  # d(sum)/d(member k) = d(loss k)/d(member k): members stay independent
+                adam.step()
                 if c.ema > 0:
                     with torch.no_grad():
-                        for pa, p in zip(averaged.parameters(), net.parameters()):
-                            pa.mul_(c.ema).add_(p, alpha=1 - c.ema)
-            averaged.eval()
+                        averaged.mul_(c.ema).add_(stack.flat.detach(), alpha=1 - c.ema)
+                else:
+                    averaged = stack.flat.detach()
             with torch.no_grad():
-                v = self._loss(averaged(m[val], e[val], f[val]), z[val]).item()
-            sched.step(v)
-            bar.set_postfix(val_nll=f"{v:.4f}")
-            if v < best - 1e-4:
-                best, best_epoch, waited = v, epoch, 0
-                best_state = {k_: t.detach().clone() for k_, t in averaged.state_dict().items()}
-            else:
-                waited += 1
-                if waited > c.patience:
+                vb = val_idx[active]
+                v_all = self._loss(stack.forward(averaged, m[vb], e[vb], f[vb]), z[vb],
+                                   None if w is None else w[vb]).tolist()
+            stopped = []
+            for j, a in enumerate(active):
+                v = v_all[j]
+                epochs_run[a] = epoch + 1
+                adam.lr[j] = sched[a].step(v, float(adam.lr[j]))
+                if v < best[a] - 1e-4:
+                    best[a], best_epoch[a], waited[a] = v, epoch, 0
+                    best_state[a] = averaged[j].clone()
+                else:
+                    waited[a] += 1
+                    if waited[a] > c.patience:
+                        stopped.append(j)
+            if stopped:
+                keep = [j for j in range(len(active)) if j not in stopped]
+                active = [active[j] for j in keep]
+                if not active:
                     break
+                stack.keep(keep)
+                adam.keep(keep, stack.flat)
+                averaged = averaged[keep].clone()
+            bar.set_postfix(training=len(active), val=f"{min(v_all):.4f}")
         bar.close()
-        if best_state is None:
-            raise RuntimeError(f"member {k}: training diverged (validation loss never finite); "
-                               "lower learning_rate or check the inputs")
-        out = self._new_member()
-        out.load_state_dict({k_: t.cpu() for k_, t in best_state.items()})
-        out.eval()
-        return out, {"member": k, "best_val_nll": best, "best_epoch": best_epoch, "epochs_run": epoch + 1}
+        out = []
+        for a, k in enumerate(ids):
+            if best_state[a] is None:
+                raise RuntimeError(f"member {k}: training diverged (validation loss never finite); "
+                                   "lower learning_rate or check the inputs")
+            net = nets[a]
+            _MemberStack.unflatten_into(net, best_state[a].cpu())
+            net.eval()
+            out.append((net, {"member": k, "best_val_nll": best[a], "best_epoch": best_epoch[a],
+                              "epochs_run": epochs_run[a]}))
+        return out
 
     # ------------------------------------------------------------------ inference
     def check_bands(self, bands: list[str], source: str = "catalog") -> None:
