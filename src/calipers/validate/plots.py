@@ -249,3 +249,26 @@ def corner_figure(samples: np.ndarray, names, truth: np.ndarray, max_params: int
             ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
+
+
+def shift_weights_figure(weights: np.ndarray, ess_fraction: float, clip_ratio_weight: float | None = None,
+                         bins: int = 50):
+    """Histogram of log10 importance weights (w = p_target / p_labelled, mean 1) of the labelled
+    rows, with w = 1 and, when the weights were capped, the cap (on the weights' scale) marked."""
+    plt = pyplot()
+    w = np.asarray(weights, dtype=float)
+    positive = w[w > 0]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if positive.size:
+        ax.hist(np.log10(positive), bins=bins, color="tab:blue", alpha=0.8)
+    ax.axvline(0.0, color="k", lw=0.8, ls="--", label="w = 1")
+    if clip_ratio_weight is not None and clip_ratio_weight > 0:
+        ax.axvline(np.log10(clip_ratio_weight), color="tab:red", lw=0.8, label="cap")
+    zero = int(np.sum(w <= 0))
+    note = f"; {zero} zero weight(s) not shown" if zero else ""
+    ax.set(xlabel="log10 importance weight", ylabel="labelled rows",
+           title=f"Shift weights: ESS fraction {ess_fraction:.3f}{note}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
