@@ -24,14 +24,18 @@ class GateStage(CalipersStage):
         if self.config["on_fail"] not in ("error", "warn"):
             raise ConfigError(f"on_fail must be 'error' or 'warn', got {self.config['on_fail']!r}")
 
-    def conclude(self, title: str, summary: dict | None, checks: list | None, figures: dict | None) -> None:
+    def conclude(self, title: str, summary: dict | None, checks: list | None, figures: dict | None,
+                 extra_html: str = "", extra: dict | None = None) -> None:
         """Write the report (rank 0, which alone holds ``summary``/``checks``/``figures`` under
-        MPI), then on failure move it aside and raise on every rank, so no rank waits forever."""
+        MPI), then on failure move it aside and raise on every rank, so no rank waits forever.
+        ``extra_html``/``extra``: further page sections and ``report.json`` entries
+        (:func:`~calipers.core.report.write_report`)."""
         failed, report = [], None
         prov = self.provenance()  # collective under MPI: every rank takes part
         if self.rank == 0:
             path = self.output_path(self.report_tag)
-            write_report(path, title, summary, checks, figures, provenance=prov)
+            write_report(path, title, summary, checks, figures, provenance=prov, extra_html=extra_html,
+                         extra=extra)
             failed = [c.describe() for c in checks if not c.passed]
             for c in checks:
                 log.info("%s", c.describe())

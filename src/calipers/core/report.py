@@ -17,13 +17,26 @@ def _close(fig) -> None:
     fig.clear()
 
 
+REPORT_KEYS = ("title", "passed", "checks", "metrics", "figures", "provenance")
+
+
 def write_report(directory: str, title: str, summary: dict, checks: list, figures: dict,
-                 provenance: dict | None = None) -> str:
-    """Write a report directory; ``figures`` maps a file stem to a matplotlib Figure."""
+                 provenance: dict | None = None, extra_html: str = "", extra: dict | None = None) -> str:
+    """Write a report directory; ``figures`` maps a file stem to a matplotlib Figure.
+
+    ``extra_html``: HTML sections (e.g. a model card, :func:`calipers.core.model_card.card_html`)
+    placed on the page after the figures, as given (the caller escapes its text). ``extra``:
+    further JSON-able top-level entries of ``report.json`` (arrays, a model card); they may not
+    reuse the names of the standard entries (:data:`REPORT_KEYS`).
+    """
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(REPORT_KEYS))
+    if clash:
+        raise ValueError(f"report entries {clash} are reserved; give the extra entries other names")
     os.makedirs(directory, exist_ok=True)
     passed = all(c.passed for c in checks)
     payload = {"title": title, "passed": passed, "checks": [c.to_dict() for c in checks],
-               "metrics": summary, "figures": [f"{k}.png" for k in figures], "provenance": provenance or {}}
+               "metrics": summary, "figures": [f"{k}.png" for k in figures], "provenance": provenance or {}} | extra
     with open(os.path.join(directory, "report.json"), "w") as fh:
         json.dump(payload, fh, indent=2, default=float)
     for stem, fig in figures.items():
@@ -44,6 +57,7 @@ def write_report(directory: str, title: str, summary: dict, checks: list, figure
 <h1>{html.escape(title)}: {verdict}</h1>
 <h2>Checks</h2><table><tr><th>check</th><th>value</th><th>rule</th><th>result</th><th>why</th></tr>{rows}</table>
 <h2>Figures</h2>{imgs}
+{extra_html}
 <h2>Metrics</h2><table>{metrics}</table>
 </body></html>"""
     with open(os.path.join(directory, "index.html"), "w") as fh:

@@ -1,14 +1,15 @@
 """Validation gate stages: judge an input, write a report, then pass or stop the pipeline."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import numpy as np
 
 from calipers.core import catalog
-from calipers.core.errors import CatalogError
-from calipers.core.file_types import HDF5Catalog, QPEnsembleFile, ReportDir
+from calipers.core.errors import CatalogError, ConfigError, ModelMismatchError
+from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile, ReportDir
 from calipers.core.gate_stage import GateStage
 from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, GATE_OPTIONS, TRUTH_OPTIONS, band_columns
 from calipers.core.stage import CalipersStage, Param
@@ -147,3 +148,307 @@ class ShiftTest(GateStage):
         summary = {"mmd": mmd.to_dict(), "classifier": c2st.to_dict(), "n_reference": len(ref), "n_target": len(tgt)}
         self.conclude("Covariate-shift test: training vs target photometry", summary, checks,
                       {"features": shift_features_figure(ref, tgt, list(c["bands"]))})
+
+
+PHOTOZ_POINT_ESTIMATES = ("zmode", "zmedian", "zmean")
+
+
+def _example_rows(ztrue: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """``k`` rows with finite truth spread over the redshift range: one drawn at random from
+    each of ``k`` equal-width redshift bins, then, where bins were empty, drawn from the rest."""
+    finite = np.flatnonzero(np.isfinite(ztrue))
+    if k <= 0 or not finite.size:
+        return []
+    z = ztrue[finite]
+    edges = np.linspace(z.min(), z.max(), k + 1)
+    which = np.clip(np.digitize(z, edges) - 1, 0, k - 1)
+    chosen = [int(rng.choice(finite[which == b])) for b in range(k) if np.any(which == b)]
+    rest = np.setdiff1d(finite, chosen)
+    more = rng.choice(rest, size=min(k - len(chosen), len(rest)), replace=False) if len(chosen) < k else []
+    return sorted(chosen + [int(r) for r in more])
+
+
+def _merge_report_parts(a: dict, b: dict) -> dict:
+    """Fold one rank's PhotozReport partial results into another's (accumulators merged,
+    per-chunk and per-row entries united, counts and sums added)."""
+    for key in ("raw", "calibrated"):
+        a[key].merge(b[key])
+    for key in ("point", "examples"):
+        a[key].update(b[key])
+    for key in ("validation_stack", "target_nz", "target_nz_in_support", "labelled_counts", "target_n_ood",
+                "target_n_invalid", "labelled_n", "labelled_nonfinite", "labelled_outside"):
+        a[key] = a[key] + b[key]
+    return a
+
+
+class PhotozReport(GateStage):
+    """The photo-z report a user reads first, and the gate on the target's support.
+
+    Reads the raw and the calibrated p(z) of the held-out labelled validation part with its
+    true redshifts, the calibrated p(z) of the unlabelled target (whose truth is never read),
+    the whole labelled catalog (for its true n(z)) and the model. Writes ``report.json``, four
+    figures and ``index.html`` with the model card:
+
+    - ``point_vs_true``: the point estimate (``point_estimate`` from the calibrated p(z)'s ancil,
+      else computed from the calibrated p(z)) against the true redshift as a 2-D density, with
+      the 1:1 and +-0.15(1+z) lines and sigma_IQR, bias and outlier rate;
+    - ``examples``: ``n_examples`` p(z), raw and calibrated, with their true redshift (rows drawn,
+      seeded, across the redshift range);
+    - ``pit_coverage``: PIT histogram and coverage curve before and after calibration;
+    - ``nz``: the target's n(z) (stacked calibrated p(z), with and without the galaxies flagged
+      ``ood``) beside the labelled sample's true-z histogram and the validation part's stacked p(z).
+
+    Checks: the target's ``ood`` fraction (galaxies outside the training sample's support,
+    flagged by ``PZEstimate`` and carried through ``PZApplyCalibration``'s ancil) at most
+    ``max_ood_fraction`` (target p(z) without ``ood`` flags fail this check: the gate cannot
+    tell); the invalid (NaN) fraction of the target's p(z); and the calibrated validation
+    part's invalid fraction, PIT KS and 68/95% coverage (:func:`calipers.validate.gate.pz_gate_checks`).
+
+    Every p(z) file is read in chunks of ``chunk_size`` and MPI ranks share the chunks; the
+    target is reduced to its stacked n(z) and counts as it streams (memory flat in its size);
+    the validation part keeps one point estimate and one truth per row.
+    """
+
+    name = "PhotozReport"
+    parallel = True
+    inputs = [("model", ModelDir), ("validation_pz", QPEnsembleFile), ("calibrated_validation_pz", QPEnsembleFile),
+              ("validation_catalog", HDF5Catalog), ("target_pz", QPEnsembleFile), ("labelled_catalog", HDF5Catalog)]
+    outputs = [("photoz_report", ReportDir)]
+    report_tag = "photoz_report"
+    config_options = CalipersStage.config_options | GATE_OPTIONS | TRUTH_OPTIONS | {
+        "max_ood_fraction": Param(float, 0.05, msg="Largest allowed fraction of target galaxies flagged ood "
+                                                   "(outside the training sample's support)"),
+        "max_pit_ks": Param(float, 0.05, msg="Largest allowed PIT KS distance of the calibrated validation part"),
+        "max_coverage_error": Param(float, 0.03, msg="Largest allowed |coverage - nominal| at 68% and 95% of the "
+                                                     "calibrated validation part"),
+        "max_invalid_fraction": Param(float, 0.0, msg="Largest allowed fraction of NaN/inf calibrated p(z) (or "
+                                                      "truths) in the validation part, and of p(z) in the target"),
+        "point_estimate": Param(str, "zmode", msg="Point estimate plotted against the truth: zmode, zmedian or zmean "
+                                                  "(from the calibrated p(z)'s ancil, else computed from them)"),
+        "n_examples": Param(int, 6, msg="Example p(z) drawn (seeded) across the validation part's redshift range"),
+        "nz_hist_bins": Param(int, 60, msg="Bins of the labelled sample's true-redshift histogram on [0, zmax]"),
+        "zmax": Param(float, 3.0, msg="Upper end of the redshift grid of metrics and n(z) (starts at 0)"),
+        "nzbins": Param(int, 601, msg="Points in the redshift grid"),
+        "chunk_size": Param(int, 20_000, msg="Distributions (and catalog rows) per chunk; MPI ranks share the chunks"),
+    }
+
+    @classmethod
+    def required_columns(cls, config):
+        need = (config["hdf5_groupname"], [config["redshift_column"]])
+        return {"validation_catalog": need, "labelled_catalog": need}
+
+    def validate(self):
+        super().validate()
+        c = self.config
+        if c["point_estimate"] not in PHOTOZ_POINT_ESTIMATES:
+            raise ConfigError(f"stage {self.instance_name}: point_estimate must be one of "
+                              f"{list(PHOTOZ_POINT_ESTIMATES)}, got {c['point_estimate']!r}")
+        for key, low in (("chunk_size", 1), ("n_examples", 0), ("nz_hist_bins", 1), ("nzbins", 2)):
+            if c[key] < low:
+                raise ConfigError(f"stage {self.instance_name}: {key} must be >= {low}, got {c[key]}")
+        if not c["zmax"] > 0:
+            raise ConfigError(f"stage {self.instance_name}: zmax must be > 0, got {c['zmax']}")
+
+    def _check_model(self) -> None:
+        """The raw validation p(z) must come from ``model`` (whose card the report shows), when
+        their provenance records the model they were estimated with."""
+        from calipers.core.provenance import read_provenance
+
+        path = self.input_path("validation_pz")
+        try:
+            made_with = json.loads(read_provenance(path).get("input_hashes", "{}")).get("model", "")
+        except json.JSONDecodeError:
+            made_with = ""
+        ours = json.loads(self.provenance()["input_hashes"]).get("model", "")
+        if made_with and ours and made_with != ours:
+            raise ModelMismatchError(f"{path} holds p(z) of another model than {self.input_path('model')} (sha256 "
+                                     f"{made_with[:12]}... against {ours[:12]}...): the report would show the wrong "
+                                     "model card")
+
+    def _validation_part(self, zgrid: np.ndarray, ztrue: np.ndarray, examples: list[int]) -> dict:
+        """This rank's chunks of the validation part: PIT/coverage accumulators before and after
+        calibration, point estimates, the stacked calibrated p(z) and the example rows."""
+        from calipers.core.qpio import read_qp_rows
+        from calipers.validate.metrics import grid_pdfs, grid_point_estimates
+        from calipers.validate.streaming import PZMetricAccumulator
+
+        c = self.config
+        raw_path, cal_path = self.input_path("validation_pz"), self.input_path("calibrated_validation_pz")
+        truth_path, group = self.input_path("validation_catalog"), c["hdf5_groupname"]
+        _, have = catalog.catalog_info(truth_path, group)
+        id_col = c["id_column"] if c["id_column"] and c["id_column"] in have else ""
+        which = c["point_estimate"]
+        part = {"raw": PZMetricAccumulator(zgrid), "calibrated": PZMetricAccumulator(zgrid), "point": {},
+                "examples": {}, "validation_stack": np.zeros(len(zgrid))}
+        for start, end in catalog.chunk_ranges(len(ztrue), c["chunk_size"], self.rank, self.size):
+            z = ztrue[start:end]
+            ids = None
+            if id_col:
+                ids = catalog.read_columns(truth_path, group, [id_col], start, end, numeric=False)[id_col]
+            pdfs = {}
+            for key, path in (("raw", raw_path), ("calibrated", cal_path)):
+                ens = read_qp_rows(path, start, end)
+                if ids is not None and ens.ancil and "id" in ens.ancil:
+                    catalog.compare_ids(ens.ancil["id"], ids, start, path, truth_path, id_col)
+                p, valid = grid_pdfs(ens, zgrid)
+                part[key].update(start, p, valid, z)
+                pdfs[key] = p
+                if key == "calibrated":
+                    if ens.ancil and which in ens.ancil:
+                        point = np.asarray(ens.ancil[which], dtype=float)
+                    else:
+                        point = np.full(end - start, np.nan)
+                        if valid.any():
+                            point[valid] = grid_point_estimates(p[valid], zgrid, [which])[which]
+                    part["point"][start] = point
+                    part["validation_stack"] += p[valid].sum(axis=0)
+            for row in examples:
+                if start <= row < end:
+                    part["examples"][row] = (pdfs["raw"][row - start], pdfs["calibrated"][row - start])
+        return part
+
+    def _target(self, zgrid: np.ndarray) -> tuple[dict, bool, int]:
+        """This rank's chunks of the target: stacked calibrated p(z) (all valid rows and those
+        not flagged ood), ood and invalid counts; also whether the file has ood flags, and its size."""
+        from calipers.core.qpio import qp_size, read_qp_rows
+        from calipers.validate.metrics import grid_pdfs
+
+        path = self.input_path("target_pz")
+        n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no p(z) (0 rows); there is no target to report on")
+        first = read_qp_rows(path, 0, 1)
+        has_ood = bool(first.ancil) and "ood" in first.ancil
+        part = {"target_nz": np.zeros(len(zgrid)), "target_nz_in_support": np.zeros(len(zgrid)),
+                "target_n_ood": 0, "target_n_invalid": 0}
+        for start, end in catalog.chunk_ranges(n, self.config["chunk_size"], self.rank, self.size):
+            ens = read_qp_rows(path, start, end)
+            p, valid = grid_pdfs(ens, zgrid)
+            part["target_n_invalid"] += int((~valid).sum())
+            part["target_nz"] += p[valid].sum(axis=0)
+            if has_ood:
+                ood = np.asarray(ens.ancil["ood"]) != 0  # a NaN flag counts as flagged
+                part["target_n_ood"] += int(ood.sum())
+                part["target_nz_in_support"] += p[valid & ~ood].sum(axis=0)
+        return part, has_ood, n
+
+    def _labelled(self, edges: np.ndarray) -> dict:
+        """This rank's chunks of the labelled catalog's true redshifts as histogram counts."""
+        c = self.config
+        part = {"labelled_counts": np.zeros(len(edges) - 1, dtype=np.int64), "labelled_n": 0,
+                "labelled_nonfinite": 0, "labelled_outside": 0}
+        col = c["redshift_column"]
+        for _, _, cols in self.iter_catalog("labelled_catalog", c["hdf5_groupname"], [col], c["chunk_size"]):
+            z = np.asarray(cols[col], dtype=float)
+            finite = np.isfinite(z)
+            inside = finite & (z >= edges[0]) & (z <= edges[-1])
+            part["labelled_counts"] += np.histogram(z[inside], edges)[0]
+            part["labelled_n"] += len(z)
+            part["labelled_nonfinite"] += int((~finite).sum())
+            part["labelled_outside"] += int((finite & ~inside).sum())
+        return part
+
+    def process(self):
+        from calipers.core.model_card import card_html
+        from calipers.core.models import load_model_and_support
+        from calipers.core.qpio import qp_size
+        from calipers.validate import gate, plots
+        from calipers.validate.metrics import point_metrics
+
+        c = self.config
+        group, col = c["hdf5_groupname"], c["redshift_column"]
+        zgrid = np.linspace(0.0, c["zmax"], c["nzbins"])
+        raw_path, cal_path = self.input_path("validation_pz"), self.input_path("calibrated_validation_pz")
+        truth_path = self.input_path("validation_catalog")
+        n_val = qp_size(raw_path)
+        if n_val == 0:
+            raise CatalogError(f"{raw_path}: holds no p(z) (0 rows); the validation part is empty")
+        if qp_size(cal_path) != n_val:
+            raise ValueError(f"{raw_path} holds {n_val} p(z) but {cal_path} holds {qp_size(cal_path)}: the "
+                             "calibrated validation p(z) must be the same objects")
+        ztrue = np.asarray(catalog.read_truth(truth_path, group, col, n_val, raw_path), dtype=float)
+        catalog.require_columns(self.input_path("labelled_catalog"), group, [col])
+        _, support, card = load_model_and_support(self.input_path("model"))
+        self._check_model()
+        examples = _example_rows(ztrue, c["n_examples"], self.rng(1))
+        part = self._validation_part(zgrid, ztrue, examples)
+        target, has_ood, n_target = self._target(zgrid)
+        edges = np.linspace(0.0, c["zmax"], c["nz_hist_bins"] + 1)
+        part |= target | self._labelled(edges)
+        part = self.merge_on_root(part, _merge_report_parts)
+        if self.rank != 0:
+            self.conclude("", None, None, None)
+            return
+
+        raw, cal = part["raw"].result(), part["calibrated"].result()
+        zphot = np.concatenate([part["point"][k] for k in sorted(part["point"])])
+        ok = np.isfinite(zphot) & np.isfinite(ztrue)
+        point = point_metrics(zphot[ok], ztrue[ok]) if ok.any() else {}
+
+        def normalised(stack):
+            total = np.trapezoid(stack, zgrid)
+            return stack / total if total > 0 else np.full(len(zgrid), np.nan)
+
+        nz_all = normalised(part["target_nz"])
+        nz_in = normalised(part["target_nz_in_support"]) if has_ood else None
+        val_stack = normalised(part["validation_stack"])
+        counts = part["labelled_counts"]
+        density = counts / max(int(counts.sum()), 1) / np.diff(edges)
+        ood_fraction = part["target_n_ood"] / n_target if has_ood else float("nan")
+
+        if has_ood:
+            why_ood = (f"{part['target_n_ood']} of {n_target} target galaxies outside the training sample's support; "
+                       "their p(z) are extrapolations")
+        elif support is None:
+            why_ood = ("no ood flags: the model stores no support region (trained before calipers kept one, or with "
+                       "support_neighbors: 0); retrain to get them")
+        else:
+            why_ood = ("no ood flags in the target p(z) although the model has a support region: run PZEstimate with "
+                       "support_flags: true")
+        checks = [gate.Check("target_ood_fraction", ood_fraction, "<=", c["max_ood_fraction"], why=why_ood),
+                  gate.Check("target_invalid_fraction", part["target_n_invalid"] / n_target, "<=",
+                             c["max_invalid_fraction"], why="target rows with NaN/inf calibrated p(z)")]
+        inf = float("inf")
+        for check in gate.pz_gate_checks(cal, c["max_pit_ks"], c["max_coverage_error"], inf, c["max_invalid_fraction"],
+                                         inf):
+            if check.name in ("invalid_fraction", "pit_ks", "cov68", "cov95"):
+                check.name = f"calibrated_validation_{check.name}"
+                check.why = f"{check.why} (calibrated p(z) of the validation part)"
+                checks.append(check)
+
+        scalar = ("n_invalid", "pit_ks", "pit_cvm", "cov68", "cov95", "crps", "cde_loss", "ece", "outlier_015")
+        summary = {"target_n": n_target, "target_n_ood": part["target_n_ood"] if has_ood else None,
+                   "target_ood_fraction": ood_fraction, "target_has_ood_flags": has_ood,
+                   "target_n_invalid": part["target_n_invalid"], "validation_n": n_val,
+                   "point_estimate": c["point_estimate"]}
+        summary |= {f"point_{k}": v for k, v in point.items()}
+        summary |= {f"raw_{k}": raw[k] for k in scalar} | {f"calibrated_{k}": cal[k] for k in scalar}
+        summary |= {"labelled_n": part["labelled_n"], "labelled_n_nonfinite": part["labelled_nonfinite"],
+                    "labelled_n_outside_grid": part["labelled_outside"]}
+
+        levels = plots.COVERAGE_LEVELS
+        ex_rows = sorted(part["examples"], key=lambda r: (ztrue[r], r))  # panels in order of true z
+        ex_raw, ex_cal = (np.reshape([part["examples"][r][j] for r in ex_rows], (-1, len(zgrid))) for j in (0, 1))
+        figures = {
+            "point_vs_true": plots.point_estimate_density_figure(zphot, ztrue, point, c["point_estimate"], c["zmax"]),
+            "examples": plots.example_pdfs_figure(zgrid, ex_raw, ex_cal, ztrue[ex_rows], ex_rows),
+            "pit_coverage": plots.pit_coverage_before_after_figure(
+                part["raw"].pit_counts, part["calibrated"].pit_counts, levels,
+                [part["raw"].coverage(lv) for lv in levels], [part["calibrated"].coverage(lv) for lv in levels]),
+            "nz": plots.nz_comparison_figure(zgrid, nz_all, nz_in, edges, density, val_stack,
+                                             ood_fraction if has_ood else None),
+        }
+
+        def listed(a):
+            return None if a is None else [float(v) for v in a]
+
+        extra = {"model_card": card,
+                 "nz": {"zgrid": listed(zgrid), "target": listed(nz_all), "target_in_support": listed(nz_in),
+                        "validation_stacked": listed(val_stack), "labelled_edges": listed(edges),
+                        "labelled_density": listed(density)},
+                 "examples": {"rows": ex_rows, "ztrue": listed(ztrue[ex_rows])}}
+        card_part = (card_html(card) if card else
+                     "<h2>Model card</h2><p>The model stores no model card (trained before calipers wrote one); "
+                     "retrain to get it.</p>")
+        self.conclude(f"Photo-z report: {os.path.basename(self.input_path('target_pz'))}", summary, checks, figures,
+                      extra_html=card_part, extra=extra)

@@ -272,3 +272,148 @@ def shift_weights_figure(weights: np.ndarray, ess_fraction: float, clip_ratio_we
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def point_estimate_density_figure(zphot: np.ndarray, ztrue: np.ndarray, metrics: dict, label: str = "zmode",
+                                  zmax: float | None = None, bins: int = 80):
+    """Point estimate against true redshift as a 2-D histogram (log colour scale) with the 1:1
+    line and the catastrophic-outlier lines z_phot = z_true +- 0.15 (1 + z_true); ``metrics``
+    (:func:`calipers.validate.metrics.point_metrics`) gives sigma_IQR, bias and outlier rate for
+    the title. Non-finite pairs are left out (and counted in the title)."""
+    from matplotlib.colors import LogNorm
+
+    plt = pyplot()
+    zphot, ztrue = np.asarray(zphot, dtype=float), np.asarray(ztrue, dtype=float)
+    ok = np.isfinite(zphot) & np.isfinite(ztrue)
+    top = zmax if zmax is not None else (float(max(zphot[ok].max(), ztrue[ok].max())) if ok.any() else 1.0)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if ok.any():
+        _, _, _, image = ax.hist2d(ztrue[ok], zphot[ok], bins=bins, range=[[0, top], [0, top]], cmin=1,
+                                   norm=LogNorm(), cmap="viridis")
+        fig.colorbar(image, ax=ax, label="galaxies per cell")
+    line = np.array([0.0, top])
+    ax.plot(line, line, "k-", lw=0.8, label="1:1")
+    for sign in (1, -1):
+        ax.plot(line, line + sign * 0.15 * (1 + line), "r--", lw=0.8, label="+-0.15(1+z)" if sign > 0 else None)
+    dropped = int((~ok).sum())
+    note = f", {dropped} non-finite left out" if dropped else ""
+    ax.set(xlabel="true z", ylabel=f"photo-z ({label})", xlim=(0, top), ylim=(0, top),
+           title=f"n = {int(ok.sum())}{note}: sigma_IQR {metrics.get('sigma_iqr', np.nan):.4f}, "
+                 f"bias {metrics.get('bias', np.nan):+.4f}, outliers {metrics.get('outlier_015', np.nan):.3f}")
+    ax.title.set_fontsize(8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def example_pdfs_figure(zgrid: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, ztrue: np.ndarray, rows=None):
+    """A few p(z), before (``raw``) and after (``calibrated``) calibration, each with its true
+    redshift marked; one panel per row of the (k, len(zgrid)) arrays (NaN rows drawn empty)."""
+    plt = pyplot()
+    k = len(ztrue)
+    cols = min(max(k, 1), 3)
+    nrows = max(-(-k // cols), 1)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.6 * nrows), squeeze=False)
+    for j, ax in enumerate(axes.ravel()):
+        if j >= k:
+            ax.axis("off")
+            continue
+        ax.plot(zgrid, raw[j], color="0.5", lw=1, label="raw")
+        ax.plot(zgrid, calibrated[j], color="tab:blue", lw=1.2, label="calibrated")
+        ax.axvline(ztrue[j], color="tab:red", lw=1, ls="--", label="true z")
+        name = f"row {rows[j]}, " if rows is not None else ""
+        ax.set_title(f"{name}z = {ztrue[j]:.3f}", fontsize=8)
+        ax.set_xlabel("z", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if j == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pit_coverage_before_after_figure(pit_counts_before: np.ndarray, pit_counts_after: np.ndarray, levels,
+                                     coverage_before, coverage_after, bins: int = 50):
+    """PIT histograms (counts in equal bins on [0, 1], re-binned to ``bins`` when a multiple)
+    before and after calibration, over the 95% band of a uniform PIT, and the central-interval
+    coverage curves at nominal ``levels``."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    n, m = 0, bins
+    for counts, label, colour in ((pit_counts_before, "before", "0.45"), (pit_counts_after, "after", "tab:blue")):
+        counts = np.asarray(counts)
+        if len(counts) != bins and len(counts) % bins == 0:
+            counts = counts.reshape(bins, -1).sum(axis=1)
+        n, m = int(counts.sum()), len(counts)
+        left.stairs(counts, np.linspace(0, 1, m + 1), color=colour, lw=1.5, label=f"{label} calibration")
+    expect = n / m
+    sd = np.sqrt(n * (1 / m) * (1 - 1 / m))
+    left.axhspan(expect - 2 * sd, expect + 2 * sd, color="0.8", alpha=0.6, label="uniform, 95% band")
+    left.set(xlabel="PIT", ylabel="count", title=f"PIT (n = {n})", xlim=(0, 1))
+    left.legend(fontsize=8, loc="lower center")
+    right.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    right.plot(levels, coverage_before, color="0.45", label="before")
+    right.plot(levels, coverage_after, color="tab:blue", label="after")
+    right.set(xlabel="nominal coverage", ylabel="empirical coverage", title="Central-interval coverage",
+              xlim=(0, 1), ylim=(0, 1))
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def nz_comparison_figure(zgrid: np.ndarray, target_nz: np.ndarray, target_nz_in_support: np.ndarray | None,
+                         labelled_edges: np.ndarray, labelled_density: np.ndarray,
+                         validation_stacked: np.ndarray | None = None, ood_fraction: float | None = None):
+    """The target's estimated n(z) (stacked p(z), normalised on ``zgrid``; with and without the
+    galaxies outside the training support) beside the labelled sample's true-redshift histogram
+    (a density) and, when given, the stacked p(z) of the labelled validation part."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.stairs(labelled_density, labelled_edges, fill=True, color="0.85", label="labelled sample, true z")
+    if validation_stacked is not None:
+        ax.plot(zgrid, validation_stacked, color="0.35", lw=1, ls=":", label="labelled validation part, stacked p(z)")
+    flagged = f" ({100 * ood_fraction:.1f}% ood)" if ood_fraction is not None else ""
+    ax.plot(zgrid, target_nz, color="tab:blue", lw=1.5, label=f"target, stacked p(z), all{flagged}")
+    if target_nz_in_support is not None:
+        ax.plot(zgrid, target_nz_in_support, color="tab:orange", lw=1.2, ls="--", label="target, ood excluded")
+    ax.set(xlabel="z", ylabel="n(z) (normalised)", title="Redshift distributions", xlim=(zgrid[0], zgrid[-1]))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_figure(names, nz_mean_shifts, nz_mean_errors, nz_mean_limits, point_shift_p68=None,
+                       point_limits=None):
+    """Photometry sensitivity: per perturbation, the shift of the sample's n(z) mean (bars, with
+    their standard errors) against its limit (+-, per bar: ``nz_mean_limits``), and, when given,
+    the 68th percentile of |dz_point| / (1 + z_point) against ``point_limits`` in a second panel.
+    Bars beyond their limit are red."""
+    plt = pyplot()
+    names = list(names)
+    x = np.arange(len(names))
+    shifts, errors = np.asarray(nz_mean_shifts, dtype=float), np.asarray(nz_mean_errors, dtype=float)
+    limits = np.broadcast_to(np.asarray(nz_mean_limits, dtype=float), shifts.shape)
+    panels = 2 if point_shift_p68 is not None else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(5.5, 0.45 * len(names) + 2), 3.2 * panels + 0.6),
+                             squeeze=False, sharex=True)
+    edges = np.append(x - 0.5, x[-1] + 0.5) if len(x) else np.array([0.0, 1.0])
+
+    def bars(ax, values, lims, yerr=None, symmetric=True):
+        colours = ["tab:red" if abs(v) > lim else "tab:blue" for v, lim in zip(values, lims)]
+        ax.bar(x, values, yerr=yerr, color=colours, alpha=0.85, capsize=2)
+        ax.stairs(lims, edges, baseline=None, color="k", ls="--", lw=0.9, label="limit")
+        if symmetric:
+            ax.stairs(-lims, edges, baseline=None, color="k", ls="--", lw=0.9)
+            ax.axhline(0, color="k", lw=0.6)
+        ax.legend(fontsize=8, loc="best")
+
+    bars(axes[0, 0], shifts, limits, yerr=errors)
+    axes[0, 0].set(ylabel=r"$\Delta\langle z\rangle$ of n(z)", title="Sensitivity of n(z) mean to the photometry")
+    if panels == 2:
+        p68 = np.asarray(point_shift_p68, dtype=float)
+        bars(axes[1, 0], p68, np.broadcast_to(np.asarray(point_limits, dtype=float), p68.shape), symmetric=False)
+        axes[1, 0].set(ylabel=r"68th pct of $|\Delta z|/(1+z)$")
+    ax = axes[-1, 0]
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    return fig
