@@ -67,7 +67,7 @@ def test_photoz_mpi_pipeline_equals_serial(tmp_path, catalogs, mpi_env):  # noqa
         d.mkdir()
         pipe = pipeline_files(d, train, test, inform=dict(TINY_INFORM, max_epochs=4, n_members=3),
                               estimate={"chunk_size": 32}, gate={"on_fail": "warn", "chunk_size": 32},
-                              name="photoz_mpi", stages_name="photoz", extra={"PZApplyCalibration": {"chunk_size": 32}})
+                              name="photoz_mpi", stages_name="photoz_target_split", extra={"PZApplyCalibration": {"chunk_size": 32}})
         spec = yaml.safe_load(pipe.read_text())
         spec["site"]["max_threads"] = 2
         for st in spec["stages"]:

@@ -1,10 +1,11 @@
 """The main pipeline exactly as shipped (pipelines/photoz.yml + stages/photoz.yml) on RAIL's DC2 files.
 
 README command 1 runs it; this test runs it the same way (``ceci``), only with the outputs in a
-temporary directory, and requires the validation gate to **pass**, the calibrated p(z) to be
-calibrated within the finite-sample null and their mean redshift not to move away from the truth. It trains the full
-5-member ensemble (several minutes on 2 cores): the one test that exercises the shipped
-configuration end to end.
+temporary directory, and requires every gate to **pass** (the calibrated validation part, the
+target's support and the sensitivity check) and the target's calibrated p(z) - scored here with the
+target's truth, which the pipeline never reads - to be calibrated and their mean redshift close
+to the truth. It trains the full 5-member ensemble (minutes on 2 cores): the one test that
+exercises the shipped configuration end to end.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from conftest import subprocess_env
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_photoz_pipeline_passes_its_gate_on_dc2(tmp_path):
+def test_shipped_photoz_pipeline_passes_its_gates_on_dc2(tmp_path):
     with open(REPO / "pipelines" / "photoz.yml") as fh:
         pipe = yaml.safe_load(fh)
     # as shipped, except where the outputs go
@@ -36,24 +37,24 @@ def test_shipped_photoz_pipeline_passes_its_gate_on_dc2(tmp_path):
                           timeout=3000)
     out = tmp_path / "out"
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    report = json.loads((out / "report" / "report.json").read_text())
-    assert report["passed"] is True
-    assert not (out / "report.FAILED").exists()
-    m = report["metrics"]
-    n_test = m["n"]
-    assert m["n_invalid"] == 0 and 9000 < n_test < 11500  # the test half of the 20,449 validation galaxies
+    for name in ("report", "photoz_report", "sensitivity_report"):  # every gate passed
+        report = json.loads((out / name / "report.json").read_text())
+        assert report["passed"] is True, (name, report["checks"])
+        assert not (out / f"{name}.FAILED").exists()
+    m = json.loads((out / "report" / "report.json").read_text())["metrics"]
+    assert m["n_invalid"] == 0 and 1700 < m["n"] < 2400  # the validation part: ~20% of the 10,225 labelled galaxies
     assert m["pit_ks"] <= 0.05 and abs(m["cov68"] - 0.68) <= 0.03 and abs(m["cov95"] - 0.95) <= 0.03
-    # the calibrated p(z) against the raw ones of the same galaxies, with the metrics of calipers.validate
-    z = read_columns(str(out / "test_catalog.hdf5"), "photometry", ["redshift"])["redshift"]
+    # the target: its truth is read here, by the test, never by the pipeline
+    target = pipe["inputs"]["target_catalog"]
+    from calipers.core.paths import resolve_path
+
+    z = read_columns(resolve_path(target), "photometry", ["redshift"])["redshift"]
     raw, cal = qp.read(str(out / "pz.hdf5")), qp.read(str(out / "calibrated_pz.hdf5"))
-    assert raw.npdf == cal.npdf == len(z) == n_test
-    before, after = pz_metrics(raw, z), pz_metrics(cal, z)
-    assert after["pit_ks"] <= max(before["pit_ks"], 0.015)
-    assert abs(after["cov68"] - 0.68) <= 0.015 and abs(after["cov95"] - 0.95) <= 0.015
+    assert raw.npdf == cal.npdf == len(z) == 20449
+    ood = cal.ancil["ood"] != 0
+    assert ood.mean() <= 0.05  # DC2 validation is drawn like DC2 training: ~1% outside the support at level 0.99
+    after = pz_metrics(cal, z)
+    assert after["pit_ks"] <= 0.03 and abs(after["cov68"] - 0.68) <= 0.02 and abs(after["cov95"] - 0.95) <= 0.02
     grid = np.linspace(0.0, 3.0, 601)
-    zmean_raw = grid_point_estimates(grid_pdfs(raw, grid)[0], grid, ["zmean"])["zmean"]
     zmean_cal = grid_point_estimates(grid_pdfs(cal, grid)[0], grid, ["zmean"])["zmean"]
-    # calibration may move the mean redshift only towards the truth, and leaves it within the DESC
-    # Y1 scale of it (the cumulative-sum artefact moved it by +0.007, to +0.005 from the truth)
-    assert abs(np.mean(zmean_cal - z)) <= abs(np.mean(zmean_raw - z)) + 5e-4
-    assert abs(np.mean(zmean_cal - z)) < 0.002
+    assert abs(np.mean(zmean_cal - z)) < 0.003  # the DESC Y1 scale of n(z)-mean errors

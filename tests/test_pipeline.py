@@ -23,7 +23,7 @@ QUICK_CALIBRATE = {"n_members": 1, "max_epochs": 20, "hidden": 16, "n_components
 
 
 def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimate: dict,
-                   gate: dict | None = None, name: str = "photoz", extra: dict | None = None,
+                   gate: dict | None = None, name: str = "photoz_target_split", extra: dict | None = None,
                    stages_name: str | None = None) -> Path:
     """A pipeline YAML and stage config like pipelines/<name>.yml + stages/<stages_name or name>.yml."""
     with open(REPO / "pipelines" / f"{name}.yml") as fh:
@@ -245,7 +245,7 @@ def test_parsl_launcher_gives_the_same_outputs(pipeline_run, catalogs, tmp_path)
     assert proc.returncode == 0
     train, test = catalogs
     pipe = pipeline_files(tmp_path, train, test, inform=dict(TINY_INFORM, max_epochs=5), estimate={"chunk_size": 64},
-                          gate={"on_fail": "warn"}, name="photoz_parsl", stages_name="photoz")
+                          gate={"on_fail": "warn"}, name="photoz_parsl", stages_name="photoz_target_split")
     spec = yaml.safe_load(pipe.read_text())
     assert spec["launcher"]["name"] == "parsl"
     spec["launcher"]["log"] = str(tmp_path / "out" / "logs" / "parsl.log")
@@ -309,3 +309,54 @@ def test_killed_run_resumes_to_the_same_outputs(pipeline_run, catalogs, tmp_path
         assert_same_h5(out / f, d_ref / "out" / f)
     metrics = [json.loads((o / "report" / "report.json").read_text())["metrics"] for o in (out, d_ref / "out")]
     assert metrics[0] == metrics[1]
+
+
+# ---------------------------------------------------------------------------- labelled sample != target
+def test_labelled_target_pipeline_end_to_end(tmp_path, dc2):
+    """pipelines/photoz.yml as shipped, with tiny settings: the labelled sample (DC2 rows with
+    redshifts) is weighted, split three ways and used to train, calibrate and validate; the target
+    is a catalog **without** a redshift column (no stage may read one from it) and gets calibrated
+    p(z) with support flags, a sensitivity check and the report. The tiny model is poor, so the
+    gates only warn."""
+    n = len(dc2["id"])
+    lab_rows = random_rows(n, 700, seed=3)
+    tgt_rows = random_rows(n, 300, seed=4, exclude=lab_rows)
+    labelled = write_catalog(tmp_path / "labelled.hdf5", subset(dc2, lab_rows))
+    target = write_catalog(tmp_path / "target.hdf5", subset(dc2, tgt_rows, drop=("redshift",)))
+    pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
+    stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
+    stages["PZInform"].update(TINY_INFORM, max_epochs=5)
+    stages["PZCalibrate"].update(QUICK_CALIBRATE)
+    stages["ShiftTest"].update(max_rows=200, n_permutations=20)
+    for name in ("ValidationGate", "SensitivityGate", "PhotozReport"):
+        stages[name]["on_fail"] = "warn"
+    stages["SensitivityGate"]["max_rows"] = 100
+    (tmp_path / "stages.yml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    pipe |= {"inputs": {"labelled_catalog": labelled, "target_catalog": target}, "config": str(tmp_path / "stages.yml"),
+             "output_dir": str(tmp_path / "out"), "log_dir": str(tmp_path / "out" / "logs")}
+    pipe["site"]["max_threads"] = 1
+    for stage in pipe["stages"]:
+        stage["threads_per_process"] = 1
+    (tmp_path / "pipe.yml").write_text(yaml.safe_dump(pipe, sort_keys=False))
+    proc = run_ceci(tmp_path / "pipe.yml")
+    assert proc.returncode == 0, f"ceci failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = tmp_path / "out"
+    parts = {k: read_catalog(str(out / f"{k}_catalog.hdf5")) for k in ("training", "calibration", "validation")}
+    ids = np.concatenate([p["id"] for p in parts.values()])
+    assert len(ids) == 700 and len(set(ids.tolist())) == 700          # a partition of the labelled sample
+    assert all("shift_weight" in p for p in parts.values())
+    assert 0.5 < len(parts["training"]["id"]) / 700 < 0.7
+    target_pz = qp.read(str(out / "calibrated_pz.hdf5"))
+    assert target_pz.npdf == 300
+    np.testing.assert_array_equal(target_pz.ancil["id"], dc2["id"][tgt_rows])
+    for key in ("ood", "support_score", "mutual_information", "entropy"):
+        assert key in target_pz.ancil and np.all(np.isfinite(target_pz.ancil[key])), key
+    calibrator = json.loads((out / "calibrator" / "calibrator.json").read_text())
+    assert calibrator["importance_weights"]["column"] == "shift_weight"
+    for report in ("report", "photoz_report", "sensitivity_report", "shift_report", "shift_weights_report"):
+        assert (out / report / "index.html").exists(), report
+    page = (out / "photoz_report" / "index.html").read_text()
+    assert "Model card" in page
+    summary = json.loads((out / "photoz_report" / "report.json").read_text())
+    flagged = float(np.mean(target_pz.ancil["ood"] != 0))
+    assert any(c["name"] == "target_ood_fraction" and abs(c["value"] - flagged) < 1e-12 for c in summary["checks"])

@@ -12,14 +12,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_pipelines_are_clean():
-    for name in ("photoz", "photoz_to_cl", "photoz_faint_shift", "rail_flexzboost_calibrated", "sbi_gaussian"):
+    for name in ("photoz", "photoz_target_split", "photoz_mpi", "photoz_parsl", "photoz_to_cl", "photoz_faint_shift",
+                 "rail_flexzboost_calibrated", "sbi_gaussian"):
         assert check_pipeline(str(REPO / "pipelines" / f"{name}.yml")) == [], name
 
 
 def test_four_problems_in_one_report(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
-    stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
+    pipe = yaml.safe_load((REPO / "pipelines" / "photoz_target_split.yml").read_text())
+    stages = yaml.safe_load((REPO / "stages" / "photoz_target_split.yml").read_text())
     stages["PZInform"]["n_member"] = 3                              # 1. misspelt key
     stages["PZInform"]["redshift_column"] = "z_spec"                # 2. a column the catalog lacks
     train = write_catalog(tmp_path / "train.hdf5", {f"mag_{b}_lsst": np.ones(3) for b in "ugrizy"}
@@ -97,16 +98,17 @@ def test_check_and_a_stage_run_accept_the_same_keys(tmp_path):
 
 
 # ---------------------------------------------------------------------------- through CatalogSplit
-def _photoz_pipeline(tmp_path, target: str | None = None, edit=lambda stages: None) -> Path:
-    """pipelines/photoz.yml and stages/photoz.yml as shipped, with another target catalog and/or
-    the stage configuration changed by ``edit``, written to ``tmp_path``."""
-    pipe = yaml.safe_load((REPO / "pipelines" / "photoz.yml").read_text())
-    stages = yaml.safe_load((REPO / "stages" / "photoz.yml").read_text())
+def _photoz_pipeline(tmp_path, target: str | None = None, edit=lambda stages: None,
+                     name: str = "photoz_target_split", input_name: str = "target_catalog") -> Path:
+    """pipelines/<name>.yml and stages/<name>.yml as shipped, with another catalog as input
+    ``input_name`` and/or the stage configuration changed by ``edit``, written to ``tmp_path``."""
+    pipe = yaml.safe_load((REPO / "pipelines" / f"{name}.yml").read_text())
+    stages = yaml.safe_load((REPO / "stages" / f"{name}.yml").read_text())
     edit(stages)
     cfg = tmp_path / "stages.yml"
     cfg.write_text(yaml.safe_dump(stages))
     if target is not None:
-        pipe["inputs"]["target_catalog"] = target
+        pipe["inputs"][input_name] = target
     pipe["config"] = str(cfg)
     path = tmp_path / "pipe.yml"
     path.write_text(yaml.safe_dump(pipe))
@@ -124,6 +126,25 @@ def test_check_follows_columns_through_catalog_split(tmp_path, train100):
     no_u = write_catalog(tmp_path / "no_u.hdf5", {k: v for k, v in train100.items() if k != "mag_u_lsst"})
     problems = [str(p) for p in check_pipeline(str(_photoz_pipeline(tmp_path, no_u)))]
     assert len(problems) == 1 and "['mag_u_lsst']" in problems[0] and "PZCalibrate" in problems[0], problems
+
+
+def test_check_follows_columns_through_shift_weights_and_both_splits(tmp_path, train100):
+    """pipelines/photoz.yml: the labelled catalog reaches PZInform, PZCalibrate and the gates
+    through ShiftWeights and two CatalogSplits; the weight column that ShiftWeights adds is not
+    asked of it, the redshift is."""
+    with_z = write_catalog(tmp_path / "with_z.hdf5", train100)
+    assert check_pipeline(str(_photoz_pipeline(tmp_path, with_z, name="photoz", input_name="labelled_catalog"))) == []
+    no_z = write_catalog(tmp_path / "no_z.hdf5", {k: v for k, v in train100.items() if k != "redshift"})
+
+    def edit(stages):
+        stages["ShiftWeights"]["redshift_column"] = ""  # ShiftWeights itself no longer asks for it
+
+    problems = [str(p) for p in check_pipeline(str(_photoz_pipeline(tmp_path, no_z, edit, name="photoz",
+                                                                      input_name="labelled_catalog")))]
+    assert len(problems) == 1 and no_z in problems[0] and "lacks column(s) ['redshift']" in problems[0], problems
+    assert "through HoldoutSplit, LabelledSplit, ShiftWeights" in problems[0] or \
+        "through LabelledSplit, ShiftWeights" in problems[0], problems
+    assert not any("shift_weight" in p for p in problems), problems
 
 
 def test_check_reports_an_empty_catalog(tmp_path, train100):

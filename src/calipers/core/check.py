@@ -12,7 +12,8 @@ pipeline and its stage configuration and reports, all at once:
 - given input files that do not exist (``pkg://`` names resolved);
 - given catalogs without the columns a stage needs (``required_columns`` of calipers stages),
   also when the catalog reaches the stage through stages that pass columns on unchanged
-  (``CatalogSplit``, ``CatalogCut``: their ``column_passthrough``), catalogs with no rows, and
+  (``CatalogSplit``, ``CatalogCut``: their ``column_passthrough``; columns a stage adds, such as
+  ``ShiftWeights``' weight column, declared by its ``added_columns``), catalogs with no rows, and
   given qp files that are not qp ensembles.
 """
 from __future__ import annotations
@@ -103,7 +104,9 @@ def check_pipeline(path: str) -> list[Problem]:
         for tag, ftype in cls.outputs:
             produced[aliases.get(tag, tag)] = (name, ftype)
             if tag in through:
-                passthrough[aliases.get(tag, tag)] = (name, aliases.get(through[tag], through[tag]), group)
+                added = cls.added_columns(_merged_config(cls, config, name)).get(tag, []) \
+                    if hasattr(cls, "added_columns") else []
+                passthrough[aliases.get(tag, tag)] = (name, aliases.get(through[tag], through[tag]), group, set(added))
 
     # config keys: the same sets a stage run accepts
     registered = [_stage_class(n) for n in CalipersStage.registered()]
@@ -159,7 +162,8 @@ def check_pipeline(path: str) -> list[Problem]:
             group, columns = required[tag]
             who, via = f"stage {name} as '{tag}'", []
             while wired in passthrough:  # follow the columns back through CatalogSplit / CatalogCut
-                src, upstream, src_group = passthrough[wired]
+                src, upstream, src_group, added = passthrough[wired]
+                columns = [c for c in columns if c not in added]  # written by that stage, not read from upstream
                 if src_group != group:
                     problems.append(Problem(f"stage {name}", f"input '{tag}' is read from group '{group}' but stage "
                                                              f"{src} writes its catalog in group '{src_group}'"))

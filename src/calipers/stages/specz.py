@@ -285,6 +285,11 @@ class ShiftWeights(CalipersStage):
     inputs = [("labelled_catalog", HDF5Catalog), ("target_catalog", HDF5Catalog)]
     outputs = [("weighted_catalog", HDF5Catalog), ("shift_weights_report", ReportDir)]
     column_passthrough = {"weighted_catalog": "labelled_catalog"}  # for calipers check: same columns out (+ weight)
+
+    @classmethod
+    def added_columns(cls, config):
+        """Columns this stage adds to a passed-through catalog (for ``calipers check``)."""
+        return {"weighted_catalog": [config["weight_column"]]}
     config_options = CalipersStage.config_options | CATALOG_OPTIONS | {
         "bands": Param(list, DEFAULT_BANDS, msg="Bands whose magnitudes and adjacent colours are the features"),
         "redshift_column": Param(str, "redshift", msg="True-redshift column the labelled catalog must hold, finite "
