@@ -121,3 +121,28 @@ def test_empty_bin_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"bin\(s\) \[2\] hold no galaxies"):
         run_chain(tmp_path, pz, truth, cfg)
     assert not leftovers(tmp_path) and not (tmp_path / "nz.hdf5").exists()
+
+
+def test_binning_can_drop_galaxies_flagged_outside_the_support(tmp_path, honest):
+    import h5py
+
+    from calipers.core.errors import CatalogError
+
+    d, pz, truth, tomo, nz = honest
+    ens = qp.read(pz)
+    flagged = np.zeros(N, dtype=np.int8)
+    flagged[::7] = 1
+    ens.set_ancil({"id": np.arange(N), "ood": flagged})
+    ens.write_to(str(tmp_path / "pz_flags.hdf5"))
+    cfg = config(tmp_path, TomographicBinning={"drop_ood": True, "edges": [0.0, 0.8, 1.4, 3.0]})
+    run_stage("TomographicBinning", cfg, pz=str(tmp_path / "pz_flags.hdf5"), tomography=str(tmp_path / "t.hdf5"))
+    cfg_keep = config(tmp_path / "keep" if (tmp_path / "keep").mkdir() is None else tmp_path,
+                      TomographicBinning={"edges": [0.0, 0.8, 1.4, 3.0]})
+    run_stage("TomographicBinning", cfg_keep, pz=str(tmp_path / "pz_flags.hdf5"), tomography=str(tmp_path / "k.hdf5"))
+    with h5py.File(tmp_path / "t.hdf5") as f, h5py.File(tmp_path / "k.hdf5") as g:
+        dropped, kept = f["tomography/bin"][:], g["tomography/bin"][:]
+    assert np.all(dropped[flagged == 1] == -1)
+    np.testing.assert_array_equal(dropped[flagged == 0], kept[flagged == 0])
+    with pytest.raises(CatalogError, match="no 'ood' flags"):
+        run_stage("TomographicBinning", cfg, pz=pz, tomography=str(tmp_path / "x.hdf5"))
+    assert leftovers(tmp_path) == []

@@ -69,6 +69,8 @@ class TomographicBinning(CalipersStage):
         "zmin_bins": Param(float, 0.0, msg="Lower end of the binned range for equal-number edges"),
         "zmax_bins": Param(float, 3.0, msg="Upper end of the binned range for equal-number edges"),
         "min_mass": Param(float, 0.0, msg="assign_by=mass: leave a galaxy unbinned (-1) below this share"),
+        "drop_ood": Param(bool, False, msg="Leave galaxies flagged ood (outside the training support, p(z) "
+                                           "ancil) unbinned (-1); an error when the p(z) carry no ood flags"),
     }
 
     def validate(self):
@@ -101,6 +103,14 @@ class TomographicBinning(CalipersStage):
                 bins[start:start + len(b)] = b
         else:
             bins = tomography.assign_by_point(zpoint, edges)
+        if c["drop_ood"]:
+            with h5py.File(path, "r") as src:
+                if "ancil" not in src or "ood" not in src["ancil"]:
+                    raise CatalogError(f"{path}: drop_ood is set but the p(z) carry no 'ood' flags in their ancil "
+                                       "(made by PZEstimate from a model with a support region)")
+                ood = src["ancil"]["ood"][:] != 0
+            bins[ood] = -1
+            log.info("%d galaxies flagged ood left unbinned", int(ood.sum()))
         counts = np.bincount(bins[bins >= 0], minlength=len(edges) - 1)
         log.info("tomographic bins %s: %s galaxies (%d unbinned)", np.round(edges, 4).tolist(), counts.tolist(),
                  int((bins < 0).sum()))
