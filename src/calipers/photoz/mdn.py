@@ -1,6 +1,7 @@
 """A mixture density network for p(z | photometry)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -153,6 +154,22 @@ def _abs_moment(m: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return m * torch.erf(u / math.sqrt(2.0)) + 2 * sd * torch.exp(-0.5 * u * u) / _SQRT_2PI
 
 
+@functools.lru_cache(maxsize=16)
+def _pair_selectors(k: int, dtype, device) -> tuple[torch.Tensor, ...]:
+    """(K, K (K - 1) / 2) 0/1 matrices whose columns pick the first and the second component of
+    each pair i < j: ``x @ first`` is x_i for every pair (and their difference and sum, for
+    x_i - x_j and x_i + x_j). A product with them gathers by matrix
+    multiplication - each output is one input times 1 plus zeros, so exactly x_i - and its
+    gradient is a matrix product too, several times faster on a CPU than index gathers and their
+    scatter-add backward."""
+    i, j = torch.triu_indices(k, k, offset=1)
+    first = torch.zeros(k, len(i), dtype=dtype, device=device)
+    second = torch.zeros(k, len(i), dtype=dtype, device=device)
+    first[i, torch.arange(len(i))] = 1
+    second[j, torch.arange(len(i))] = 1
+    return first, second, first - second, first + second
+
+
 def mixture_scores(out, z: torch.Tensor, cde_weight: float = 0.0, crps_weight: float = 0.0) -> torch.Tensor:
     """Per-row training score ``NLL + cde_weight * CDE loss + crps_weight * CRPS`` of Gaussian
     mixtures (..., K) at z (...), all in closed form; returns (...).
@@ -168,17 +185,21 @@ def mixture_scores(out, z: torch.Tensor, cde_weight: float = 0.0, crps_weight: f
     float rounding. All three are proper scores, so any mix is minimised by the true p(z).
     """
     log_w, mu, log_sigma = out
-    log_p = mixture_log_prob(log_w, mu, log_sigma, z)
+    sigma = torch.exp(log_sigma)
+    offset = z[..., None] - mu
+    u_true = offset / sigma
+    # log of each component's weighted density at the truth: log w - u^2/2 - log sigma - log sqrt(2 pi)
+    log_terms = log_w - 0.5 * u_true * u_true - log_sigma - 0.5 * math.log(2 * math.pi)
+    log_p = torch.logsumexp(log_terms, dim=-1)
     loss = -log_p
     if cde_weight <= 0 and crps_weight <= 0:
         return loss
-    k = mu.shape[-1]
-    w, sigma = torch.exp(log_w), torch.exp(log_sigma)
+    w = torch.exp(log_w)
     var = sigma * sigma
-    i, j = torch.triu_indices(k, k, offset=1, device=mu.device)
-    ww = w[..., i] * w[..., j]
-    d = mu[..., i] - mu[..., j]
-    sd = torch.sqrt(var[..., i] + var[..., j])
+    first, second, difference, total = _pair_selectors(mu.shape[-1], mu.dtype, mu.device)
+    ww = (w @ first) * (w @ second)
+    d = mu @ difference
+    sd = torch.sqrt(var @ total)
     u = d / sd
     gauss = torch.exp(-0.5 * u * u) / _SQRT_2PI  # standard normal density at u
     w2 = w * w
@@ -186,7 +207,9 @@ def mixture_scores(out, z: torch.Tensor, cde_weight: float = 0.0, crps_weight: f
         sq = (w2 / (2 * math.sqrt(math.pi) * sigma)).sum(-1) + 2 * (ww * gauss / sd).sum(-1)
         loss = loss + cde_weight * (sq - 2 * torch.exp(log_p))
     if crps_weight > 0:  # E|X - X'| = sum_ij w_i w_j E|N(mu_i - mu_j, var_i + var_j)|
-        near = (w * _abs_moment(z[..., None] - mu, var)).sum(-1)
+        # E|X - z| = sum_k w_k E|N(z - mu_k, var_k)| = sum_k w_k [m erf(u / sqrt 2) + 2 sigma phi(u)],
+        # and w_k phi(u) = sigma_k exp(log_terms_k): the Gaussian factor of the NLL is reused
+        near = (w * offset * torch.erf(u_true / math.sqrt(2.0)) + 2 * var * torch.exp(log_terms)).sum(-1)
         spread = ((2 / math.sqrt(math.pi)) * w2 * sigma).sum(-1) \
             + 2 * (ww * (d * torch.erf(u / math.sqrt(2.0)) + 2 * sd * gauss)).sum(-1)
         loss = loss + crps_weight * (near - 0.5 * spread)
