@@ -88,3 +88,38 @@ def test_one_row_ensembles_read_back_from_qp_files(tmp_path):
         pdfs, valid = grid_pdfs(e, grid)
         assert pdfs.shape == (1, 301) and valid.tolist() == [True]
         np.testing.assert_allclose(pdfs[0], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_binned_point_metrics_exact_hand_made_case():
+    """ztrue = 0 makes dz/(1+z) = zphot, so each bin's statistics are known by hand."""
+    from calipers.validate.metrics import binned_point_metrics
+
+    edges = [-np.inf, 22.0, 23.0, np.inf]
+    #                 bin 0 (< 22)      bin 1 (22..23)             bin 2 (>= 23)     no bin  bin 2, invalid
+    values = np.array([21.0, 21.5,     22.0, 22.5, 22.5, 22.9,    23.0, 30.0,       np.nan, 24.0])
+    zphot = np.array([0.1, -0.2,       0.0, 0.04, 0.2, -0.4,      0.01, 0.01,       0.5, np.nan])
+    ztrue = np.zeros(10)
+    out = binned_point_metrics(zphot, ztrue, values, edges)
+    np.testing.assert_array_equal(out["n"], [2, 4, 2])
+    np.testing.assert_array_equal(out["n_invalid"], [0, 0, 1])
+    assert out["n"].sum() + out["n_invalid"].sum() == 10 - 1  # the NaN magnitude is in no bin
+    # outliers |dz|/(1+z) > 0.15: -0.2 in bin 0; 0.2 and -0.4 in bin 1; none in bin 2
+    np.testing.assert_allclose(out["outlier_015"], [0.5, 0.5, 0.0], rtol=0, atol=0)
+    # medians: (0.1 - 0.2)/2; (0.0 + 0.04)/2; 0.01
+    np.testing.assert_allclose(out["bias"], [-0.05, 0.02, 0.01], rtol=0, atol=1e-15)
+    # IQR by linear interpolation: bin 0 {-0.2, 0.1}: 0.025 - (-0.125) = 0.15;
+    # bin 1 {-0.4, 0, 0.04, 0.2}: q75 = 0.04 + 0.25 * 0.16 = 0.08, q25 = -0.4 + 0.75 * 0.4 = -0.1; bin 2: 0
+    np.testing.assert_allclose(out["sigma_iqr"], np.array([0.15, 0.18, 0.0]) / 1.349, rtol=1e-12, atol=1e-15)
+    # a redshift binning with a closed last bin: z = 1 is in the last bin, z = 1.5 and z = -0.1 in none
+    z = np.array([0.0, 0.2, 0.5, 1.0, 1.5, -0.1])
+    byz = binned_point_metrics(z, z, z, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(byz["n"], [2, 2])
+    np.testing.assert_array_equal(byz["outlier_015"], [0.0, 0.0])
+    # an empty bin has counts 0 and NaN statistics; a non-finite value is in no bin even with infinite edges
+    empty = binned_point_metrics(np.array([0.3]), np.array([0.0]), np.array([np.inf]), [-np.inf, 0.0, np.inf])
+    np.testing.assert_array_equal(empty["n"] + empty["n_invalid"], [0, 0])
+    assert np.all(np.isnan(empty["sigma_iqr"])) and np.all(np.isnan(empty["outlier_015"]))
+    with pytest.raises(ValueError, match="increasing"):
+        binned_point_metrics(z, z, z, [0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="one length"):
+        binned_point_metrics(z, z[:3], z, [0.0, 1.0])

@@ -185,9 +185,10 @@ class PhotozReport(GateStage):
     """The photo-z report a user reads first, and the gate on the target's support.
 
     Reads the raw and the calibrated p(z) of the held-out labelled validation part with its
-    true redshifts, the calibrated p(z) of the unlabelled target (whose truth is never read),
-    the whole labelled catalog (for its true n(z)) and the model. Writes ``report.json``, four
-    figures and ``index.html`` with the model card:
+    true redshifts (and one magnitude), the calibrated p(z) of the unlabelled target (whose
+    truth is never read), the whole labelled catalog (for its true n(z)), the model, the
+    calibrator, and the reports of ``ShiftTest`` and ``ShiftWeights``. Writes ``report.json``,
+    five figures and ``index.html`` with the model card:
 
     - ``point_vs_true``: the point estimate (``point_estimate`` from the calibrated p(z)'s ancil,
       else computed from the calibrated p(z)) against the true redshift as a 2-D density, with
@@ -196,7 +197,28 @@ class PhotozReport(GateStage):
       seeded, across the redshift range);
     - ``pit_coverage``: PIT histogram and coverage curve before and after calibration;
     - ``nz``: the target's n(z) (stacked calibrated p(z), with and without the galaxies flagged
-      ``ood``) beside the labelled sample's true-z histogram and the validation part's stacked p(z).
+      ``ood``) beside the labelled sample's true-z histogram and the validation part's stacked p(z);
+    - ``failure_modes``: outlier rate, sigma_IQR and bias of the point estimate by magnitude and
+      by true-redshift bin.
+
+    The model card (``model_card`` in ``report.json``, and on the page) is the card stored with
+    the model (:func:`calipers.core.model_card.training_card`: training data, model, support
+    region, software, seed) plus what this stage knows (:mod:`calipers.core.model_card`):
+
+    - ``failure_modes``: the validation part's outlier rate (|z_point - z|/(1+z) > 0.15),
+      sigma_IQR and bias, with counts, in bins of the ``failure_band`` magnitude
+      (``failure_magnitude_edges``, open-ended first and last bins; non-detected magnitudes are in
+      no bin and counted) and of the true redshift (``failure_redshift_edges``);
+    - ``calibration``: the calibrator's method, settings and seed, the calibration data (p(z) and
+      catalog with their hashes, rows), its importance weights (ESS, the calibration set's PIT
+      summary unweighted and weighted) and the validation part's PIT KS, coverage, CRPS and CDE
+      loss before and after calibration;
+    - ``shift``: the ShiftTest's MMD and classifier p-values and verdict, and the ShiftWeights'
+      effective sample size, its fraction and the rows clipped.
+
+    The raw validation p(z) must come from ``model`` and the calibrated p(z) from ``calibrator``
+    (fitted on that model's p(z)), as their provenance records: otherwise the card would describe
+    something else, and the stage stops (:class:`~calipers.core.errors.ModelMismatchError`).
 
     Checks: the target's ``ood`` fraction (galaxies outside the training sample's support,
     flagged by ``PZEstimate`` and carried through ``PZApplyCalibration``'s ancil) at most
@@ -212,7 +234,8 @@ class PhotozReport(GateStage):
     name = "PhotozReport"
     parallel = True
     inputs = [("model", ModelDir), ("validation_pz", QPEnsembleFile), ("calibrated_validation_pz", QPEnsembleFile),
-              ("validation_catalog", HDF5Catalog), ("target_pz", QPEnsembleFile), ("labelled_catalog", HDF5Catalog)]
+              ("validation_catalog", HDF5Catalog), ("target_pz", QPEnsembleFile), ("labelled_catalog", HDF5Catalog),
+              ("calibrator", ModelDir), ("shift_report", ReportDir), ("shift_weights_report", ReportDir)]
     outputs = [("photoz_report", ReportDir)]
     report_tag = "photoz_report"
     config_options = CalipersStage.config_options | GATE_OPTIONS | TRUTH_OPTIONS | {
@@ -230,12 +253,28 @@ class PhotozReport(GateStage):
         "zmax": Param(float, 3.0, msg="Upper end of the redshift grid of metrics and n(z) (starts at 0)"),
         "nzbins": Param(int, 601, msg="Points in the redshift grid"),
         "chunk_size": Param(int, 20_000, msg="Distributions (and catalog rows) per chunk; MPI ranks share the chunks"),
+        "failure_band": Param(str, "i", msg="Band whose magnitude (validation catalog) bins the failure-mode table"),
+        "mag_column": Param(str, "mag_{band}_lsst", msg="Magnitude column name pattern; {band} is replaced by "
+                                                        "failure_band"),
+        "failure_magnitude_edges": Param(list, [22.0, 23.0, 24.0, 25.0],
+                                         msg="Magnitude bin edges of the failure-mode table (with open-ended bins "
+                                             "below the first and above the last)"),
+        "failure_redshift_edges": Param(list, [0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0],
+                                        msg="True-redshift bin edges of the failure-mode table"),
     }
 
     @classmethod
+    def _failure_mag_column(cls, config) -> str:
+        return config["mag_column"].format(band=config["failure_band"])
+
+    @classmethod
     def required_columns(cls, config):
-        need = (config["hdf5_groupname"], [config["redshift_column"]])
-        return {"validation_catalog": need, "labelled_catalog": need}
+        group, z = config["hdf5_groupname"], config["redshift_column"]
+        try:
+            mag = [cls._failure_mag_column(config)]
+        except (KeyError, IndexError, ValueError):  # a bad pattern: validate() names it
+            mag = []
+        return {"validation_catalog": (group, [z] + mag), "labelled_catalog": (group, [z])}
 
     def validate(self):
         super().validate()
@@ -248,22 +287,52 @@ class PhotozReport(GateStage):
                 raise ConfigError(f"stage {self.instance_name}: {key} must be >= {low}, got {c[key]}")
         if not c["zmax"] > 0:
             raise ConfigError(f"stage {self.instance_name}: zmax must be > 0, got {c['zmax']}")
+        if not c["failure_band"] or "{band}" not in c["mag_column"]:
+            raise ConfigError(f"stage {self.instance_name}: failure_band must name a band and mag_column contain "
+                              f"'{{band}}', got {c['failure_band']!r} and {c['mag_column']!r}")
+        for key, least in (("failure_magnitude_edges", 1), ("failure_redshift_edges", 2)):
+            edges = c[key]
+            try:
+                values = np.asarray(edges, dtype=float)
+            except (TypeError, ValueError):
+                values = np.array([np.nan])
+            if (values.ndim != 1 or len(values) < least or not np.all(np.isfinite(values))
+                    or not np.all(np.diff(values) > 0)):
+                raise ConfigError(f"stage {self.instance_name}: {key} must be at least {least} finite, strictly "
+                                  f"increasing numbers, got {edges!r}")
 
-    def _check_model(self) -> None:
-        """The raw validation p(z) must come from ``model`` (whose card the report shows), when
-        their provenance records the model they were estimated with."""
+    @staticmethod
+    def _made_with(path: str, tag: str) -> str:
+        """The SHA-256 of the ``tag`` input that made ``path``, from its provenance ('' when not recorded)."""
         from calipers.core.provenance import read_provenance
 
-        path = self.input_path("validation_pz")
         try:
-            made_with = json.loads(read_provenance(path).get("input_hashes", "{}")).get("model", "")
-        except json.JSONDecodeError:
-            made_with = ""
-        ours = json.loads(self.provenance()["input_hashes"]).get("model", "")
-        if made_with and ours and made_with != ours:
-            raise ModelMismatchError(f"{path} holds p(z) of another model than {self.input_path('model')} (sha256 "
-                                     f"{made_with[:12]}... against {ours[:12]}...): the report would show the wrong "
-                                     "model card")
+            return json.loads(read_provenance(path).get("input_hashes", "{}")).get(tag, "")
+        except (json.JSONDecodeError, AttributeError):
+            return ""
+
+    def _check_model(self, calibrator_spec: dict) -> None:
+        """The raw validation p(z) must come from ``model`` (whose card the report shows), the
+        calibrator must have been fitted on that model's p(z), and both calibrated p(z) must come
+        from ``calibrator`` (whose record the card shows), when their provenance says."""
+        ours = json.loads(self.provenance()["input_hashes"])
+        model, calibrator = self.input_path("model"), self.input_path("calibrator")
+        path = self.input_path("validation_pz")
+        made_with = self._made_with(path, "model")
+        if made_with and ours.get("model") and made_with != ours["model"]:
+            raise ModelMismatchError(f"{path} holds p(z) of another model than {model} (sha256 {made_with[:12]}... "
+                                     f"against {ours['model'][:12]}...): the report would show the wrong model card")
+        fitted = (calibrator_spec.get("fitted_on") or {}).get("hash", "")
+        if fitted and ours.get("model") and fitted != ours["model"]:
+            raise ModelMismatchError(f"calibrator {calibrator} was fitted on p(z) of another model than {model} "
+                                     f"(sha256 {fitted[:12]}... against {ours['model'][:12]}...)")
+        for tag in ("calibrated_validation_pz", "target_pz"):
+            path = self.input_path(tag)
+            made_with = self._made_with(path, "calibrator")
+            if made_with and ours.get("calibrator") and made_with != ours["calibrator"]:
+                raise ModelMismatchError(f"{path} ({tag}) was calibrated with another calibrator than {calibrator} "
+                                         f"(sha256 {made_with[:12]}... against {ours['calibrator'][:12]}...): the "
+                                         "report would describe the wrong calibration")
 
     def _validation_part(self, zgrid: np.ndarray, ztrue: np.ndarray, examples: list[int]) -> dict:
         """This rank's chunks of the validation part: PIT/coverage accumulators before and after
@@ -348,8 +417,36 @@ class PhotozReport(GateStage):
             part["labelled_outside"] += int((finite & ~inside).sum())
         return part
 
+    def _failure_modes(self, zphot: np.ndarray, ztrue: np.ndarray, mag_column: str) -> tuple[dict, dict]:
+        """The failure-mode section of the card (tables by magnitude and by true redshift) and
+        the statistics behind it, for the figure."""
+        from calipers.core.model_card import failure_mode_table
+        from calipers.photoz.preprocess import nondetected
+        from calipers.validate.metrics import binned_point_metrics
+
+        c = self.config
+        band, n = c["failure_band"], len(ztrue)
+        mags = np.asarray(catalog.read_truth(self.input_path("validation_catalog"), c["hdf5_groupname"], mag_column,
+                                             n, self.input_path("validation_pz")), dtype=float)
+        mags[nondetected(mags)] = np.nan  # a non-detection has no magnitude bin: counted apart
+        mag_edges = [-np.inf, *(float(e) for e in c["failure_magnitude_edges"]), np.inf]
+        z_edges = [float(e) for e in c["failure_redshift_edges"]]
+        by_mag = binned_point_metrics(zphot, ztrue, mags, mag_edges)
+        by_z = binned_point_metrics(zphot, ztrue, ztrue, z_edges)
+        section = {
+            "point_estimate": f"{c['point_estimate']} of the calibrated p(z)",
+            "by_magnitude": failure_mode_table(by_mag, mag_edges, n, f"{band}-band magnitude ({mag_column})",
+                                               f"{band} not detected: NaN, inf or |m| >= 90"),
+            "by_redshift": failure_mode_table(by_z, z_edges, n, "true redshift",
+                                              f"true redshift not finite or outside [{z_edges[0]:g}, {z_edges[-1]:g}]"),
+        }
+        stats = {"mag": ([r["bin"] for r in section["by_magnitude"]["rows"]], by_mag),
+                 "z": ([r["bin"] for r in section["by_redshift"]["rows"]], by_z)}
+        return section, stats
+
     def process(self):
-        from calipers.core.model_card import card_html
+        from calipers.core.calibrators import read_calibrator_spec
+        from calipers.core.model_card import calibration_card, report_card_html, shift_card
         from calipers.core.models import load_model_and_support
         from calipers.core.qpio import qp_size
         from calipers.validate import gate, plots
@@ -368,8 +465,11 @@ class PhotozReport(GateStage):
                              "calibrated validation p(z) must be the same objects")
         ztrue = np.asarray(catalog.read_truth(truth_path, group, col, n_val, raw_path), dtype=float)
         catalog.require_columns(self.input_path("labelled_catalog"), group, [col])
+        mag_column = self._failure_mag_column(c)
+        catalog.require_columns(truth_path, group, [mag_column])
         _, support, card = load_model_and_support(self.input_path("model"))
-        self._check_model()
+        self._check_model(read_calibrator_spec(self.input_path("calibrator")))
+        shift = shift_card(self.input_path("shift_report"), self.input_path("shift_weights_report"))
         examples = _example_rows(ztrue, c["n_examples"], self.rng(1))
         part = self._validation_part(zgrid, ztrue, examples)
         target, has_ood, n_target = self._target(zgrid)
@@ -438,17 +538,19 @@ class PhotozReport(GateStage):
             "nz": plots.nz_comparison_figure(zgrid, nz_all, nz_in, edges, density, val_stack,
                                              ood_fraction if has_ood else None),
         }
+        failure_modes, binned = self._failure_modes(zphot, ztrue, mag_column)
+        figures["failure_modes"] = plots.failure_modes_figure(
+            [(f"{c['failure_band']} magnitude", *binned["mag"]), ("true redshift", *binned["z"])])
+        model_card = dict(card or {}) | {"calibration": calibration_card(self.input_path("calibrator"), raw, cal),
+                                         "failure_modes": failure_modes, "shift": shift}
 
         def listed(a):
             return None if a is None else [float(v) for v in a]
 
-        extra = {"model_card": card,
+        extra = {"model_card": model_card,
                  "nz": {"zgrid": listed(zgrid), "target": listed(nz_all), "target_in_support": listed(nz_in),
                         "validation_stacked": listed(val_stack), "labelled_edges": listed(edges),
                         "labelled_density": listed(density)},
                  "examples": {"rows": ex_rows, "ztrue": listed(ztrue[ex_rows])}}
-        card_part = (card_html(card) if card else
-                     "<h2>Model card</h2><p>The model stores no model card (trained before calipers wrote one); "
-                     "retrain to get it.</p>")
         self.conclude(f"Photo-z report: {os.path.basename(self.input_path('target_pz'))}", summary, checks, figures,
-                      extra_html=card_part, extra=extra)
+                      extra_html=report_card_html(model_card), extra=extra)

@@ -143,3 +143,54 @@ def grid_point_estimates(pdfs: np.ndarray, zgrid: np.ndarray, which) -> dict[str
         for j, k in enumerate(wanted):
             out[k] = q[:, j]
     return out
+
+
+def binned_point_metrics(zphot: np.ndarray, ztrue: np.ndarray, values: np.ndarray,
+                         edges) -> dict[str, np.ndarray]:
+    """:func:`point_metrics` of dz/(1+z) in bins of another quantity (magnitude, true redshift):
+    where the point estimates fail.
+
+    Parameters
+    ----------
+    zphot, ztrue : (n,) arrays
+        Point estimates and true redshifts.
+    values : (n,) array
+        The quantity binned (e.g. the i-band magnitude, or ``ztrue`` itself).
+    edges : (k + 1,) increasing sequence
+        Bin edges; ``-inf``/``inf`` make open-ended first/last bins. Bin j holds
+        ``edges[j] <= value < edges[j + 1]``, the last bin also its right edge (as
+        :func:`numpy.histogram`).
+
+    Returns
+    -------
+    dict of (k,) arrays
+        ``n``: rows in the bin with finite ``zphot`` and ``ztrue`` (the statistics use these);
+        ``n_invalid``: rows in the bin whose point estimate or truth is not finite; ``outlier_015``
+        (fraction with |dz|/(1+z) > 0.15), ``outlier_3sig``, ``sigma_iqr`` and ``bias`` (median)
+        of each bin, NaN for a bin with ``n == 0``. NaN policy: a row whose ``value`` is not
+        finite (NaN or +-inf, even with infinite edges) or lies outside the edges is in no bin
+        (``n.sum() + n_invalid.sum()`` falls short of the rows by their number).
+    """
+    zphot, ztrue = np.asarray(zphot, dtype=float), np.asarray(ztrue, dtype=float)
+    values = np.asarray(values, dtype=float)
+    edges = np.asarray(edges, dtype=float)
+    if not (zphot.shape == ztrue.shape == values.shape and zphot.ndim == 1):
+        raise ValueError(f"zphot, ztrue and values must be 1-d arrays of one length, got shapes {zphot.shape}, "
+                         f"{ztrue.shape} and {values.shape}")
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.isnan(edges)) or not np.all(np.diff(edges) > 0):
+        raise ValueError(f"edges must be at least two strictly increasing numbers, got {edges.tolist()}")
+    k = len(edges) - 1
+    which = np.searchsorted(edges, values, side="right") - 1
+    which[values == edges[-1]] = k - 1  # the last bin is closed
+    binned = np.isfinite(values) & (which >= 0) & (which < k)
+    good = np.isfinite(zphot) & np.isfinite(ztrue)
+    out = {"n": np.bincount(which[binned & good], minlength=k).astype(np.int64),
+           "n_invalid": np.bincount(which[binned & ~good], minlength=k).astype(np.int64)}
+    keys = ("outlier_015", "outlier_3sig", "sigma_iqr", "bias")
+    out |= {key: np.full(k, np.nan) for key in keys}
+    for j in np.flatnonzero(out["n"]):
+        rows = binned & good & (which == j)
+        stats_j = point_metrics(zphot[rows], ztrue[rows])
+        for key in keys:
+            out[key][j] = stats_j[key]
+    return out

@@ -417,3 +417,27 @@ def sensitivity_figure(names, nz_mean_shifts, nz_mean_errors, nz_mean_limits, po
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def failure_modes_figure(tables):
+    """Where the point estimates fail: one panel per binning, with the outlier rate
+    (|dz|/(1+z) > 0.15, bars), sigma_IQR and bias of dz/(1+z) per bin, and the number of rows
+    under each bin's label. ``tables``: a sequence of ``(title, bin labels, statistics)`` with the
+    statistics of :func:`calipers.validate.metrics.binned_point_metrics` (``n``, ``outlier_015``,
+    ``sigma_iqr``, ``bias``; NaN in empty bins, which are drawn empty)."""
+    plt = pyplot()
+    tables = list(tables)
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
+    for ax, (title, labels, stats) in zip(axes[0], tables):
+        x = np.arange(len(labels))
+        outliers = np.asarray(stats["outlier_015"], dtype=float)
+        ax.bar(x, np.nan_to_num(outliers), color="tab:red", alpha=0.5, label="outlier rate (>0.15)")
+        ax.plot(x, stats["sigma_iqr"], "o-", color="tab:blue", label="sigma_IQR")
+        ax.plot(x, stats["bias"], "s--", color="tab:green", label="bias (median)")
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_xticks(x, [f"{label}\nn={int(n)}" for label, n in zip(labels, stats["n"])], fontsize=7)
+        ax.set(xlabel=title, ylabel="fraction / dz/(1+z)", title=f"failure modes by {title}")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
