@@ -7,6 +7,7 @@ import os
 import time
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from calipers.core import catalog
@@ -263,7 +264,7 @@ class PZEstimate(CalipersStage):
                 flagged["replaced errors"] += list(prep.count_missing_errors(mags, errs).values())
                 (w, mu, s), est = ens.estimate(mags, errs, which)
                 if support is not None:
-                    flag = support.flags(photometry_features(mags, errs, prep))
+                    flag = support.flags(photometry_features(mags, errs, prep), workers=torch.get_num_threads())
                     est["support_score"], est["ood"] = flag["support_score"], flag["ood"].astype(np.int8)
                     n_ood += int(flag["ood"].sum())
                 if c["epistemic"]:

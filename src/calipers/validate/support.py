@@ -338,13 +338,14 @@ class KNNSupport:
         if self._labelled is None:
             raise RuntimeError("KNNSupport used before fit or from_dict")
 
-    def score(self, features) -> np.ndarray:
-        """Mean distance (standardised units) of each row to its k nearest labelled rows: (n,)."""
+    def score(self, features, workers: int = 1) -> np.ndarray:
+        """Mean distance (standardised units) of each row to its k nearest labelled rows: (n,).
+        ``workers``: threads of the neighbour search (scipy's ``cKDTree.query``)."""
         self._check_fitted()
         x = _features(features, "features", self._labelled.shape[1])
         if not len(x):
             return np.empty(0)
-        distances, _ = self._tree.query((x - self.mean_) / self.scale_, k=self.n_neighbors)
+        distances, _ = self._tree.query((x - self.mean_) / self.scale_, k=self.n_neighbors, workers=workers)
         return np.reshape(distances, (len(x), self.n_neighbors)).mean(axis=1)
 
     def ood(self, features=None, scores=None) -> np.ndarray:
@@ -355,9 +356,9 @@ class KNNSupport:
         scores = self.score(features) if scores is None else np.asarray(scores, dtype=float)
         return scores > self.threshold
 
-    def flags(self, features) -> dict[str, np.ndarray]:
+    def flags(self, features, workers: int = 1) -> dict[str, np.ndarray]:
         """``{"support_score": (n,) float, "ood": (n,) bool}`` for a p(z) ancil."""
-        scores = self.score(features)
+        scores = self.score(features, workers)
         return {"support_score": scores, "ood": self.ood(scores=scores)}
 
     def to_dict(self) -> dict:
