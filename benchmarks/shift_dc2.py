@@ -13,19 +13,21 @@ Labelled sample: RAIL's DC2 training catalog after a spectroscopic selection
 
 Target: RAIL's DC2 validation catalog; its redshifts are used only to score. The labelled sample
 is split (seeded) 70/30 into training and calibration parts. Support: a
-:class:`~calipers.validate.support.KNNSupport` of the training part (k = 10, level 0.99) flags
+:class:`~calipers.validate.support.KNNSupport` of the training part (k = 10, level
+``--support-level``, default 0.99) flags
 target galaxies outside it (``ood``). Importance weights w(x) = p_target(x) / p_labelled(x):
 a cross-fitted logistic classifier (degree-2 polynomial features) on magnitudes and adjacent
 colours, labelled vs the *supported* target (the weights target what the sample can support;
 the flags cover the rest), clipped at the 99th percentile.
 
-Variants, each calibrated by global PIT recalibration and by the conformal predictive
-distribution (both fitted on the calibration part):
+Variants, each calibrated by global PIT recalibration, by the local (photometry-conditioned) PIT
+recalibration of the pipeline (``pit_local``: 5 components, 3 members, features = magnitudes and
+adjacent colours) and by the conformal predictive distribution (all fitted on the calibration part):
 
 - ``none``: unweighted training and calibration (the usual pipeline);
 - ``weighted_calibration``: unweighted training, importance-weighted calibration
-  (weighted PIT quantiles; weighted conformal with each target galaxy's own weight,
-  Tibshirani et al. 2019);
+  (weighted PIT quantiles; importance-weighted local PIT likelihood; weighted conformal with
+  each target galaxy's own weight, Tibshirani et al. 2019);
 - ``weighted_both``: importance-weighted training and calibration.
 
 Scored with the neutral metrics of ``benchmarks/pzmetrics.py`` on the whole target, on the
@@ -133,8 +135,9 @@ def shift_tests(x_labelled, x_target, seed):
             classifier_two_sample_test(x_labelled, x_target, seed=seed).p_value)
 
 
-def run_case(case, data, target, cfg, seed, null_size=None) -> list[dict]:
+def run_case(case, data, target, cfg, seed, null_size=None, support_level=0.99) -> list[dict]:
     from calipers.calibrate import ConformalPredictiveDistribution, PITRecalibrator
+    from calipers.calibrate.local import LocalPITConfig, LocalPITRecalibrator
     from calipers.calibrate.shift_weights import DensityRatio, photometry_shift_features
     from calipers.gridpdf import cdf_at
     from calipers.photoz import PhotometryPreprocessor
@@ -152,14 +155,14 @@ def run_case(case, data, target, cfg, seed, null_size=None) -> list[dict]:
     xl, xt = photometry_shift_features(lm, le, prep), photometry_shift_features(tm, te, prep)
     t0 = time.perf_counter()
     p_mmd, p_c2st = shift_tests(xl, xt, seed)
-    support = KNNSupport(10, 0.99).fit(xl[tr])
+    support = KNNSupport(10, support_level).fit(xl[tr])
     ood = support.ood(xt)
     inside = ~ood
     ratio = DensityRatio(method="classifier", classifier="logistic", degree=2, clip_quantile=0.99,
                          min_ess_fraction=0.0, seed=seed).fit(xl, xt[inside])
     w_lab, w_tgt = ratio.labelled_weights, ratio.weights(xt)
     imag = np.where(np.abs(tm[:, 3]) < 90, tm[:, 3], np.inf)
-    head = {"case": case, "seed": seed, "n_labelled": int(keep.sum()), "n_train": len(tr), "n_calibration": len(cal),
+    head = {"case": case, "seed": seed, "support_level": support_level, "n_labelled": int(keep.sum()), "n_train": len(tr), "n_calibration": len(cal),
             "median_z_labelled": round(float(np.median(lz)), 4), "median_z_target": round(float(np.median(tz)), 4),
             "mmd_p": round(float(p_mmd), 5), "c2st_p": round(float(p_c2st), 5),
             "ood_fraction": round(float(ood.mean()), 5), "ess_fraction": round(float(ratio.report.ess_fraction), 4),
@@ -175,8 +178,11 @@ def run_case(case, data, target, cfg, seed, null_size=None) -> list[dict]:
         ens, train_s, p_cal, p_tgt = models[weighted_training]
         pit_cal = cdf_at(p_cal, ZGRID, lz[cal])
         wc = None if variant == "none" else w_lab[cal] * len(cal) / w_lab[cal].sum()
+        local = LocalPITRecalibrator(LocalPITConfig(n_components=5, n_members=3, seed=seed)).fit(
+            xl[cal], pit_cal, weights=wc)
         calibrated = {"raw": p_tgt,
                       "pit_global": PITRecalibrator().fit(pit_cal, weights=wc).transform_pdfs(p_tgt, ZGRID),
+                      "pit_local": local.transform_pdfs(p_tgt, ZGRID, xt),
                       "conformal": ConformalPredictiveDistribution().fit(pit_cal, weights=wc).transform_pdfs(
                           p_tgt, ZGRID, test_weights=None if wc is None else w_tgt)}
         for method, p in calibrated.items():
@@ -205,6 +211,7 @@ def main() -> None:
     p.add_argument("--null-splits", type=int, default=20, help="random labelled subsets for the shift tests' false alarms")
     p.add_argument("--config", default=os.path.join(ROOT, "stages", "photoz.yml"))
     p.add_argument("--train-overrides", default="{}", help="JSON overriding the PZInform settings")
+    p.add_argument("--support-level", type=float, default=0.99, help="level of the kNN support region (ood flags)")
     a = p.parse_args()
     from calipers.photoz import EnsembleConfig
 
@@ -217,7 +224,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "shift_dc2", "train_config": cfg, "n_pool": len(data[2]), "n_target": len(target[2])}),
           flush=True)
     for case in a.cases:
-        run_case(case, data, target, cfg, a.seed, null_size=n_maglim)
+        run_case(case, data, target, cfg, a.seed, null_size=n_maglim, support_level=a.support_level)
     if a.null_splits:
         from calipers.calibrate.shift_weights import photometry_shift_features
         from calipers.photoz import PhotometryPreprocessor
