@@ -245,17 +245,24 @@ def _toy_photometry(n=600, seed=1):
     return mags, np.full_like(mags, 0.05), z
 
 
-def test_members_trained_together_equal_members_trained_alone():
+@pytest.mark.parametrize("n_rows, extra", [
+    (600, dict(n_layers=2, n_components=10, max_epochs=80, patience=3, lr_patience=1, ema=0.0)),
+    # one hidden layer, 3 components, 285 training rows: output blocks of 29 x 9 in the last batch,
+    # which made a member's product depend on its position in the stack before the rows were padded
+    (300, dict(n_layers=1, n_components=3, max_epochs=4, patience=5)),
+])
+def test_members_trained_together_equal_members_trained_alone(n_rows, extra):
     """Every member depends only on (seed, member): trained in one batched stack of 3, alone, or
     with another subset (members stopping early at different epochs), its weights are bit-for-bit
     the same. This is what makes MPI-shared training equal to a serial fit."""
-    mags, errs, z = _toy_photometry()
-    cfg = dict(n_members=3, hidden=16, n_layers=2, batch_size=64, max_epochs=80, patience=3, lr_patience=1,
-               ema=0.0, cde_weight=0.3, crps_weight=5.0, band_dropout=0.1, augment=True)
+    mags, errs, z = _toy_photometry(n_rows)
+    cfg = dict(n_members=3, hidden=16, batch_size=64, cde_weight=0.3, crps_weight=5.0, band_dropout=0.1,
+               augment=True, **extra)
     together = DeepEnsemble(EnsembleConfig(**cfg)).fit(mags, errs, z, BANDS, progress=False).member_states()
     stopped_at = {k: h["epochs_run"] for k, (_, h) in together.items()}
-    assert len(set(stopped_at.values())) > 1, f"members should stop at different epochs here: {stopped_at}"
-    assert max(stopped_at.values()) < 80
+    if extra["max_epochs"] == 80:
+        assert len(set(stopped_at.values())) > 1, f"members should stop at different epochs here: {stopped_at}"
+        assert max(stopped_at.values()) < 80
     for subset in ([1], [2, 0]):
         apart = DeepEnsemble(EnsembleConfig(**cfg)).fit(mags, errs, z, BANDS, progress=False,
                                                         members=subset).member_states()

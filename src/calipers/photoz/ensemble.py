@@ -90,18 +90,43 @@ def _check_weights(weights, n: int) -> np.ndarray:
     return w
 
 
+def _pad_rows(rows: torch.Tensor) -> torch.Tensor:
+    """A (members, rows, ...) tensor padded along the rows with copies of each member's first
+    row up to a multiple of :data:`ALIGN` rows (the padding rows are left out of the loss)."""
+    pad = -rows.shape[1] % ALIGN
+    return torch.cat([rows, rows[:, :1].expand(-1, pad, *rows.shape[2:])], dim=1) if pad else rows
+
+
 _FUNCTIONAL_ACTIVATIONS = {"silu": torch.nn.functional.silu, "relu": torch.relu, "tanh": torch.tanh,
                            "gelu": torch.nn.functional.gelu}
+
+
+# Members' blocks in every batched tensor start at multiples of this many float32 (64 bytes): the
+# CPU matrix kernels round differently for a block that starts elsewhere, so a member's results
+# would depend on its position in the stack (see _MemberStack)
+ALIGN = 16
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 class _MemberStack:
     """The members of an ensemble in training, as one batched model.
 
     Every member's weights live in one row of a flat ``(members, parameters)`` leaf tensor
-    (each layer: W transposed to (in, out), then b), so the forward pass is one batched matrix
-    product per layer over all members (``baddbmm`` on views of the rows), and the optimiser, the
-    weight average and the best-state copies each cost one operation for the whole ensemble.
-    A member's output depends only on its own row and its own inputs.
+    (each layer: W transposed to (in, out), then b, each starting at a multiple of
+    :data:`ALIGN` floats, zeros between), so the forward pass is one batched matrix product per
+    layer over all members (``baddbmm`` on views of the rows), and the optimiser, the weight
+    average and the best-state copies each cost one operation for the whole ensemble.
+
+    A member's output depends only on its own row and its own inputs, and not on its position in
+    the stack: BLAS kernels round a matrix product differently when its output block starts at
+    another 64-byte alignment, so every per-member block is made a multiple of :data:`ALIGN`
+    floats - rows of a batch are padded to a multiple of ALIGN (the padding rows are left out of
+    the loss), and the weights' gradient blocks (in x out) are multiples of it when the hidden
+    width is (the default 64 is). Then members trained together, alone or in any subset (MPI
+    ranks) are bit-for-bit the same; with another hidden width they agree to float32 rounding.
     """
 
     def __init__(self, nets: list[MixtureDensityNetwork], device):
@@ -110,26 +135,32 @@ class _MemberStack:
         self.act = _FUNCTIONAL_ACTIVATIONS[next(a for a, cls in MixtureDensityNetwork.ACTIVATIONS.items()
                                                 if isinstance(first.net[1], cls))]
         self.shapes = [(mod.in_features, mod.out_features) for mod in first.net if isinstance(mod, torch.nn.Linear)]
+        self.offsets, at = [], 0  # (weight start, bias start) of each layer, aligned
+        for n_in, n_out in self.shapes:
+            bias_at = _aligned(at + n_in * n_out)
+            self.offsets.append((at, bias_at))
+            at = _aligned(bias_at + n_out)
+        self.size = at
         self.flat = torch.stack([self.flatten(net) for net in nets]).to(device).requires_grad_(True)
         self.mean = torch.stack([net.feature_mean for net in nets])[:, None, :].to(device)
         self.std = torch.stack([net.feature_std for net in nets])[:, None, :].to(device)
 
-    @staticmethod
-    def flatten(net: MixtureDensityNetwork) -> torch.Tensor:
-        return torch.cat([t for mod in net.net if isinstance(mod, torch.nn.Linear)
-                          for t in (mod.weight.detach().t().reshape(-1), mod.bias.detach())])
+    def _linears(self, net: MixtureDensityNetwork):
+        return zip([mod for mod in net.net if isinstance(mod, torch.nn.Linear)], self.offsets)
 
-    @staticmethod
+    def flatten(self, net: MixtureDensityNetwork) -> torch.Tensor:
+        row = torch.zeros(self.size, dtype=torch.float32)
+        for mod, (w_at, b_at) in self._linears(net):
+            row[w_at:w_at + mod.weight.numel()] = mod.weight.detach().t().reshape(-1)
+            row[b_at:b_at + mod.bias.numel()] = mod.bias.detach()
+        return row
+
     @torch.no_grad()
-    def unflatten_into(net: MixtureDensityNetwork, row: torch.Tensor) -> None:
-        at = 0
-        for mod in net.net:
-            if isinstance(mod, torch.nn.Linear):
-                n_in, n_out = mod.in_features, mod.out_features
-                mod.weight.copy_(row[at:at + n_in * n_out].view(n_in, n_out).t())
-                at += n_in * n_out
-                mod.bias.copy_(row[at:at + n_out])
-                at += n_out
+    def unflatten_into(self, net: MixtureDensityNetwork, row: torch.Tensor) -> None:
+        for mod, (w_at, b_at) in self._linears(net):
+            n_in, n_out = mod.in_features, mod.out_features
+            mod.weight.copy_(row[w_at:w_at + n_in * n_out].view(n_in, n_out).t())
+            mod.bias.copy_(row[b_at:b_at + n_out])
 
     def forward(self, flat: torch.Tensor, mags, errs, flags):
         """(log weights, means, log sigmas), each (members, rows, K), of inputs (members, rows, bands)."""
@@ -137,12 +168,9 @@ class _MemberStack:
         x = photometry_features(mags.reshape(-1, n_bands), errs.reshape(-1, n_bands), flags.reshape(-1, n_bands),
                                 self.colours).view(n_m, n_rows, -1)
         h = (x - self.mean) / self.std
-        at = 0
-        for i, (n_in, n_out) in enumerate(self.shapes):
-            weight = flat[:, at:at + n_in * n_out].view(n_m, n_in, n_out)
-            at += n_in * n_out
-            h = torch.baddbmm(flat[:, at:at + n_out].view(n_m, 1, n_out), h, weight)
-            at += n_out
+        for i, ((n_in, n_out), (w_at, b_at)) in enumerate(zip(self.shapes, self.offsets)):
+            weight = flat[:, w_at:w_at + n_in * n_out].view(n_m, n_in, n_out)
+            h = torch.baddbmm(flat[:, b_at:b_at + n_out].view(n_m, 1, n_out), h, weight)
             if i < len(self.shapes) - 1:
                 h = self.act(h)
         logits, means, log_sigma = h.split(self.k, dim=-1)
@@ -386,11 +414,14 @@ class DeepEnsemble:
         self.member_ids = list(range(self.config.n_members))
         return self
 
-    def _loss(self, out, z, weights=None):
+    def _loss(self, out, z, weights=None, n_rows=None):
         """Training and early-stopping objective: the (weighted) mean over rows of NLL +
         cde_weight * CDE loss + crps_weight * CRPS (all three proper scores, so any mix is still
-        minimised by the true p(z)); leading dimensions other than the last (rows) are kept."""
-        rows = mixture_scores(out, z, self.config.cde_weight, self.config.crps_weight)
+        minimised by the true p(z)); leading dimensions other than the last (rows) are kept. Only
+        the first ``n_rows`` rows count (the rest pad a batch; see :class:`_MemberStack`)."""
+        rows = mixture_scores(out, z, self.config.cde_weight, self.config.crps_weight)[..., :n_rows]
+        if weights is not None:
+            weights = weights[..., :n_rows]
         if weights is None:
             return rows.mean(-1)
         return (rows * weights).sum(-1) / weights.sum(-1)
@@ -426,7 +457,7 @@ class DeepEnsemble:
         stack = _MemberStack(nets, device)
         m, e, f, z = m.to(device), e.to(device), f.to(device), z.to(device)
         w = None if weights is None else weights.to(device)
-        val_idx = torch.as_tensor(np.stack(vals), device=device)
+        val_idx = _pad_rows(torch.as_tensor(np.stack(vals), device=device))
         fill, nd_err = self.preprocessor.nondetection_treatment()
         fill = torch.as_tensor(fill, device=device)[None, :]
         adam = _StackedAdamW(stack.flat, c.learning_rate, c.weight_decay)
@@ -447,6 +478,7 @@ class DeepEnsemble:
             perms = torch.as_tensor(np.stack([rngs[a].permutation(trains[a]) for a in active]), device=device)
             for i in range(0, perms.shape[1], c.batch_size):
                 b = perms[:, i:i + c.batch_size]  # (active members, rows)
+                n_rows = b.shape[1]
                 mb, eb, fb = m[b], e[b], f[b]
                 if c.augment:  # redraw detected magnitudes within their errors
                     noise = torch.stack([torch.randn(mb.shape[1:], generator=gens[a], device=device) for a in active])
@@ -455,7 +487,10 @@ class DeepEnsemble:
                     dropped = [drop_bands(mb[j], eb[j], fb[j], c.band_dropout, fill, nd_err, gens[a])
                                for j, a in enumerate(active)]
                     mb, eb, fb = (torch.stack(t) for t in zip(*dropped))
-                loss = self._loss(stack.forward(stack.flat, mb, eb, fb), z[b], None if w is None else w[b])
+                # rows padded after the random draws, so that padding never changes them
+                mb, eb, fb, zb = (_pad_rows(t) for t in (mb, eb, fb, z[b]))
+                loss = self._loss(stack.forward(stack.flat, mb, eb, fb), zb, None if w is None else _pad_rows(w[b]),
+                                  n_rows)
                 adam.zero_grad()
                 loss.sum().backward()  # d(sum)/d(member k) = d(loss k)/d(member k): members stay independent
                 adam.step()
@@ -467,7 +502,7 @@ class DeepEnsemble:
                 kept = averaged / (1 - c.ema ** n_steps) if c.ema > 0 else stack.flat.detach()
                 vb = val_idx[active]
                 v_all = self._loss(stack.forward(kept, m[vb], e[vb], f[vb]), z[vb],
-                                   None if w is None else w[vb]).tolist()
+                                   None if w is None else w[vb], n_val).tolist()
             stopped = []
             for j, a in enumerate(active):
                 v = v_all[j]
@@ -496,7 +531,7 @@ class DeepEnsemble:
                 raise RuntimeError(f"member {k}: training diverged (validation loss never finite); "
                                    "lower learning_rate or check the inputs")
             net = nets[a]
-            _MemberStack.unflatten_into(net, best_state[a].cpu())
+            stack.unflatten_into(net, best_state[a].cpu())
             net.eval()
             out.append((net, {"member": k, "best_val_nll": best[a], "best_epoch": best_epoch[a],
                               "epochs_run": epochs_run[a]}))

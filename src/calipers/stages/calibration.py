@@ -384,6 +384,7 @@ class PZApplyCalibration(CalipersStage):
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
                 done = valid & np.all(np.isfinite(new), axis=1)
                 new[~done] = np.nan
+                new = new.astype(np.float32).astype(np.float64)  # the file stores float32: describe exactly that
                 ancil = {k: ens.ancil[k] for k in ancil_names}
                 # point estimates in the ancil describe the input p(z): recompute them from the calibrated
                 # ones, and NaN them where there is no calibrated p(z) (never keep the stale input values)
