@@ -190,3 +190,28 @@ def compare_ids(ids: np.ndarray, catalog_ids: np.ndarray, start: int, source: st
             f"{source} and {catalog} are not in the same row order: row {start + i} has id {ids[i].tolist()!r} in "
             f"{source} ({source_name}) but {catalog_ids[i].tolist()!r} in {catalog} (column '{id_column}'); "
             f"{bad.size} of rows {start}:{start + len(ids)} differ")
+
+
+# ---------------------------------------------------------------------------- writing, row by row
+def growable_catalog(path: str, group: str, dtypes: dict, provenance: dict):
+    """Open a new HDF5 catalog whose columns grow as rows are appended: (file, group)."""
+    f = h5py.File(path, "w")
+    g = f.create_group(group) if group else f
+    for k, dt in dtypes.items():
+        g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=True)
+    prov = f.create_group("provenance")
+    for key, value in provenance.items():
+        prov.attrs[key] = value
+    return f, g
+
+
+def append_rows(g, data: dict, keep: np.ndarray) -> None:
+    """Append the rows ``keep`` (boolean mask) of the columns ``data`` to the group made by
+    :func:`growable_catalog`."""
+    m = int(keep.sum())
+    if m == 0:
+        return
+    for k, d in g.items():
+        if isinstance(d, h5py.Dataset):
+            d.resize((d.shape[0] + m,))
+            d[-m:] = data[k][keep]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import h5py
 import numpy as np
 
 from calipers.core import catalog
@@ -12,28 +11,6 @@ from calipers.core.file_types import HDF5Catalog
 from calipers.core.stage import CalipersStage, Param
 
 log = logging.getLogger(__name__)
-
-
-def _growable_catalog(path: str, group: str, dtypes: dict, provenance: dict):
-    """Open a new HDF5 catalog whose columns grow as rows are appended: (file, group)."""
-    f = h5py.File(path, "w")
-    g = f.create_group(group) if group else f
-    for k, dt in dtypes.items():
-        g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=True)
-    prov = f.create_group("provenance")
-    for key, value in provenance.items():
-        prov.attrs[key] = value
-    return f, g
-
-
-def _append_rows(g, data: dict, keep: np.ndarray) -> None:
-    m = int(keep.sum())
-    if m == 0:
-        return
-    for k, d in g.items():
-        if isinstance(d, h5py.Dataset):
-            d.resize((d.shape[0] + m,))
-            d[-m:] = data[k][keep]
 
 
 def _column_dtypes(path: str, group: str, cols: list[str]) -> dict:
@@ -77,14 +54,14 @@ class CatalogSplit(CalipersStage):
         if n == 0:
             raise CatalogError(f"{path}: group '{group}' has 0 rows; there is nothing to split")
         dtypes = _column_dtypes(path, group, cols)
-        outs = {tag: _growable_catalog(self.output_path(tag), group, dtypes, self.provenance())
+        outs = {tag: catalog.growable_catalog(self.output_path(tag), group, dtypes, self.provenance())
                 for tag in ("part_a", "part_b")}
         try:
             for i, (start, end, data) in enumerate(catalog.iter_chunks(path, group, cols, c["chunk_size"],
                                                                        numeric=False)):
                 to_a = self.rng(i).random(end - start) < c["fraction_a"]
-                _append_rows(outs["part_a"][1], data, to_a)
-                _append_rows(outs["part_b"][1], data, ~to_a)
+                catalog.append_rows(outs["part_a"][1], data, to_a)
+                catalog.append_rows(outs["part_b"][1], data, ~to_a)
             sizes = {tag: g[cols[0]].shape[0] for tag, (_, g) in outs.items()}
         finally:
             for f, _ in outs.values():
@@ -131,7 +108,7 @@ class CatalogCut(CalipersStage):
             raise ConfigError(f"{path}: no column '{c['column']}' to cut on (columns: {sorted(cols)})")
         catalog.read_columns(path, group, [c["column"]], 0, 0)  # the cut column must be numeric and 1-d
         kept, n_nan, first_nan = 0, 0, None
-        f, g = _growable_catalog(self.output_path("selected"), group, _column_dtypes(path, group, cols),
+        f, g = catalog.growable_catalog(self.output_path("selected"), group, _column_dtypes(path, group, cols),
                                  self.provenance())
         with f:
             for start, _, data in catalog.iter_chunks(path, group, cols, c["chunk_size"], numeric=False):
@@ -141,7 +118,7 @@ class CatalogCut(CalipersStage):
                     first_nan = start + int(np.flatnonzero(nan)[0])
                 n_nan += int(nan.sum())
                 keep = (v >= c["min_value"]) & (v <= c["max_value"])
-                _append_rows(g, data, keep)
+                catalog.append_rows(g, data, keep)
                 kept += int(keep.sum())
         if n_nan:
             log.warning("%s: dropped %d row(s) whose '%s' is NaN (first at row %d): a NaN is in no range",

@@ -42,29 +42,6 @@ log = logging.getLogger(__name__)
 SUCCESS_MODELS = ("logistic", "none")
 
 
-# The two helpers below repeat calipers.stages.catalogs' (stage modules never import each other).
-def _growable_catalog(path: str, group: str, dtypes: dict, provenance: dict):
-    """Open a new HDF5 catalog whose columns grow as rows are appended: (file, group)."""
-    f = h5py.File(path, "w")
-    g = f.create_group(group) if group else f
-    for k, dt in dtypes.items():
-        g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=True)
-    prov = f.create_group("provenance")
-    for key, value in provenance.items():
-        prov.attrs[key] = value
-    return f, g
-
-
-def _append_rows(g, data: dict, keep: np.ndarray) -> None:
-    m = int(keep.sum())
-    if m == 0:
-        return
-    for k, d in g.items():
-        if isinstance(d, h5py.Dataset):
-            d.resize((d.shape[0] + m,))
-            d[-m:] = data[k][keep]
-
-
 class SpecSelection(CalipersStage):
     """Keep the rows a spectroscopic survey would have measured, streaming in chunks.
 
@@ -145,7 +122,7 @@ class SpecSelection(CalipersStage):
             dtypes = {k: g_src[k].dtype for k in cols}
         labels = {b: f"'{col}'" for b, col in mag_cols.items()}
         counts = dict.fromkeys(REASONS, 0)
-        f, g = _growable_catalog(self.output_path("selected_catalog"), group, dtypes, self.provenance())
+        f, g = catalog.growable_catalog(self.output_path("selected_catalog"), group, dtypes, self.provenance())
         with f:
             chunks = catalog.iter_chunks(path, group, cols, c["chunk_size"], numeric=False)
             for start, _, data in tqdm(chunks, total=math.ceil(n / c["chunk_size"]), desc=self.instance_name,
@@ -155,7 +132,7 @@ class SpecSelection(CalipersStage):
                                         columns=labels)
                 except ValueError as err:
                     raise CatalogError(f"{path} (group '{group}'): {err}") from err
-                _append_rows(g, data, result.mask)
+                catalog.append_rows(g, data, result.mask)
                 for reason, k in result.counts().items():
                     counts[reason] += k
             kept = counts["selected"]
@@ -421,11 +398,11 @@ class ShiftWeights(CalipersStage):
             g_src = src[group] if group else src
             names = [k for k, v in g_src.items() if isinstance(v, h5py.Dataset)]
             dtypes = {k: g_src[k].dtype for k in names}
-        f, g = _growable_catalog(self.output_path("weighted_catalog"), group, dtypes | {wcol: np.float64}, prov)
+        f, g = catalog.growable_catalog(self.output_path("weighted_catalog"), group, dtypes | {wcol: np.float64}, prov)
         with f:
             for start, end, data in catalog.iter_chunks(lab, group, names, c["chunk_size"], numeric=False):
                 data[wcol] = w[start:end]
-                _append_rows(g, data, np.ones(end - start, bool))
+                catalog.append_rows(g, data, np.ones(end - start, bool))
             f["provenance"].attrs["shift_weights"] = json.dumps(report.to_dict(), sort_keys=True)
         self._write_report(report, w, ratio, lab, tgt, n_t, len(x_t), prov)
 
