@@ -36,6 +36,15 @@ def band_columns(config: Mapping, bands: Sequence[str]) -> tuple[list[str], list
     return ([config["mag_column"].format(band=b) for b in bands], [config["err_column"].format(band=b) for b in bands])
 
 
+def model_catalog_columns(config: Mapping, tag: str = "catalog") -> dict:
+    """``required_columns`` of a stage that applies a photo-z model to the catalog input ``tag``:
+    the configured bands' magnitude and error columns (none when ``bands`` is empty: the model's
+    bands, known only once the model exists)."""
+    bands = list(config["bands"])
+    mags, errs = band_columns(config, bands) if bands else ([], [])
+    return {tag: (config["hdf5_groupname"], mags + errs)}
+
+
 def stack(cols: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """Columns ``names`` of a chunk as one (n, len(names)) float32 array."""
     return np.stack([np.asarray(cols[n], dtype=np.float32) for n in names], axis=1)

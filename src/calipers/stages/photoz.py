@@ -16,7 +16,7 @@ from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.features import photometry_features
 from calipers.core.model_card import training_card
 from calipers.core.models import check_model_bands, load_model_and_support, save_model
-from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, stack
+from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, band_columns, model_catalog_columns, stack
 from calipers.core.provenance import write_provenance_json
 from calipers.core.stage import CalipersStage, Param
 from calipers.photoz import DeepEnsemble, EnsembleConfig, mixture_pdf
@@ -187,9 +187,7 @@ class PZEstimate(CalipersStage):
 
     @classmethod
     def required_columns(cls, config):
-        bands = list(config["bands"])  # empty: the model's bands, known only once it exists
-        mags, errs = band_columns(config, bands) if bands else ([], [])
-        return {"catalog": (config["hdf5_groupname"], mags + errs)}
+        return model_catalog_columns(config)
 
     def _model(self) -> DeepEnsemble:
         if not hasattr(self, "_ens"):

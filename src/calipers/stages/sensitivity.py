@@ -12,7 +12,7 @@ from calipers.core.errors import CatalogError, ConfigError
 from calipers.core.file_types import HDF5Catalog, ModelDir, ReportDir
 from calipers.core.gate_stage import GateStage
 from calipers.core.models import check_model_bands, load_model
-from calipers.core.options import CATALOG_OPTIONS, GATE_OPTIONS, band_columns, stack
+from calipers.core.options import CATALOG_OPTIONS, GATE_OPTIONS, band_columns, model_catalog_columns, stack
 from calipers.core.stage import CalipersStage, Param
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class SensitivityGate(GateStage):
 
     @classmethod
     def required_columns(cls, config):
-        bands = list(config["bands"])  # empty: the model's bands, known only once it exists
-        mags, errs = band_columns(config, bands) if bands else ([], [])
-        return {"catalog": (config["hdf5_groupname"], mags + errs)}
+        return model_catalog_columns(config)
 
     def _model(self):
         if not hasattr(self, "_ens"):
