@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import platform
+from dataclasses import asdict
 
 import numpy as np
 
@@ -64,8 +65,8 @@ def training_card(path: str, group: str, provenance: dict, mags: np.ndarray, err
                   weights, ensemble, support, train_seconds: float, weight_column: str = "") -> dict:
     """The model card of a freshly trained photo-z ensemble (a JSON-able dict)."""
     prep = ensemble.preprocessor
-    clean = prep.transform(mags, errs)[0]
-    detected = prep.transform(mags, errs)[2] == 0  # flag 0: a detection
+    clean, _, flags = prep.transform(mags, errs)
+    detected = flags == 0
     hashes = json.loads(provenance.get("input_hashes", "{}"))
     training = {
         "file": path, "group": group, "sha256": hashes.get("training_catalog", ""),
@@ -75,16 +76,18 @@ def training_card(path: str, group: str, provenance: dict, mags: np.ndarray, err
         "nondetections": {b: int(v) for b, v in prep.count_nondetections(mags, errs).items()},
     }
     if weights is not None:
+        from calipers.calibrate.shift_weights import effective_sample_size
+
         w = np.asarray(weights, dtype=float)
-        training["importance_weights"] = {"column": weight_column, "ess": float(w.sum() ** 2 / np.sum(w * w)),
-                                          "ess_fraction": float(w.sum() ** 2 / np.sum(w * w) / len(w)),
+        ess = effective_sample_size(w)
+        training["importance_weights"] = {"column": weight_column, "ess": ess, "ess_fraction": ess / len(w),
                                           "max_over_mean": float(w.max() / w.mean())}
     return {
         "kind": "photo-z deep ensemble of mixture density networks",
         "intended_use": "p(z) of galaxies inside the training sample's support (see support_region); galaxies "
                         "flagged ood are outside it and their p(z) are extrapolations",
         "training_data": training,
-        "model": {"config": {k: v for k, v in ensemble.state()[0]["config"].items()},
+        "model": {"config": asdict(ensemble.config),
                   "z_range": list(ensemble.z_range), "members": ensemble.history,
                   "train_seconds": round(float(train_seconds), 1)},
         "support_region": None if support is None else {

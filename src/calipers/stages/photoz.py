@@ -229,6 +229,8 @@ class PZEstimate(CalipersStage):
         read_cols = mag_cols + err_cols + ([id_col] if id_col else [])
         ncomp = ens.config.n_members * ens.config.n_components
         which = [p for p in POINT_ESTIMATES if p in self.config["point_estimates"]]
+        from calipers.validate.support import ensemble_entropies
+
         support = self._support if c["support_flags"] else None
         if c["support_flags"] and self._support is None and self.rank == 0:
             log.warning("%s stores no support region (trained before calipers kept one): no ood flags; retrain "
@@ -266,8 +268,6 @@ class PZEstimate(CalipersStage):
                     est["support_score"], est["ood"] = flag["support_score"], flag["ood"].astype(np.int8)
                     n_ood += int(flag["ood"].sum())
                 if c["epistemic"]:
-                    from calipers.validate.support import ensemble_entropies
-
                     ent = ensemble_entropies(w, mu, s, ens.config.n_members, zgrid_e)
                     est["entropy"], est["mutual_information"] = ent.total, ent.epistemic
                 if id_col:
