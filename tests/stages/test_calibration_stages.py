@@ -366,7 +366,7 @@ def test_weighted_conformal_calibrator_without_its_weights_is_refused(tmp_path):
 def test_pit_summary_against_scipy_and_repeated_rows():
     from scipy import stats
 
-    from calipers.stages.calibration import pit_summary
+    from calipers.validate.metrics import pit_summary
 
     rng = np.random.default_rng(0)
     pit = rng.beta(2, 2, 200)
