@@ -52,3 +52,30 @@ class SamplesFile(HDFFile):
     """Posterior samples: ``samples`` (n, n_params), ``param_names``, ``log_prob``."""
 
     suffix = "hdf5"
+
+
+class ImageSetFile(HDFFile):
+    """An image set (cutouts): ``data`` (N, bands, H, W), ``ivar`` (same), a ``meta`` group of
+    columns (:mod:`calipers.core.image_sets`)."""
+
+    suffix = "hdf5"
+
+
+class ClassPredictionsFile(HDFFile):
+    """Class probabilities: ``logit[N]``, ``prob[N]``, ``member_logits[M, N]``, ``member_logit_var[M, N]``
+    and the images' metadata in ``meta`` (:mod:`calipers.core.class_predictions`)."""
+
+    suffix = "hdf5"
+
+
+class CutoutIndex(DataFile):
+    """The index of a directory of FITS cutouts: a CSV (or HDF5) table with a ``file`` column and the
+    labels and metadata of each cutout."""
+
+    suffix = "csv"
+
+
+class JSONFile(DataFile):
+    """A JSON document (a fitted calibrator, a selection function)."""
+
+    suffix = "json"
