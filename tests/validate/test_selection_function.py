@@ -106,7 +106,7 @@ def test_selection_function_end_to_end_json_round_trip_and_monotone_theta_e():
     assert sum(r["n"] for r in sf.strata["theta_e"]) == 6000
     assert sum(r["k"] for r in sf.strata["theta_e"]) == np.sum(lens_scores > sf.threshold)
     assert sum(r["n"] for r in sf.fpr_classes) == 20_000
-    table2d = sf.two_d["psf_fwhm_r|theta_e"]
+    table2d = sf.two_d["psf_fwhm_r__theta_e"]
     assert table2d["n"].shape == (3, 5) and table2d["n"].sum() == 6000
     assert is_monotone_increasing(sf.strata["theta_e"])
     assert not is_monotone_increasing(list(reversed(sf.strata["theta_e"])))
@@ -118,7 +118,7 @@ def test_selection_function_end_to_end_json_round_trip_and_monotone_theta_e():
         for key in a:
             assert a[key] == b[key] or (np.isnan(a[key]) and np.isnan(b[key]))
     for key in ("n", "k", "completeness", "lo", "hi", "status"):
-        np.testing.assert_array_equal(back.two_d["psf_fwhm_r|theta_e"][key], table2d[key])
+        np.testing.assert_array_equal(back.two_d["psf_fwhm_r__theta_e"][key], table2d[key])
 
 
 def test_selection_function_insufficient_cells_become_null_in_json():

@@ -201,7 +201,7 @@ def _nan(v):
 
 
 def _key_2d(name_x: str, name_y: str) -> str:
-    return f"{name_x}|{name_y}"
+    return f"{name_x}__{name_y}"
 
 
 @dataclass
@@ -213,7 +213,7 @@ class SelectionFunction:
     threshold : the score threshold (``score > threshold`` is selected)
     fpr_target : the false-positive rate it was set at on the negatives
     strata : column name -> :func:`completeness_table` rows
-    two_d : ``"x|y"`` -> :func:`completeness_table_2d` dict
+    two_d : ``"x__y"`` (file-name safe) -> :func:`completeness_table_2d` dict
     fpr_classes : :func:`fpr_by_class` rows
     fpr, fpr_lo, fpr_hi : false-positive rate met on all negatives, with its interval
     completeness, completeness_lo, completeness_hi : over all positives, with its interval
