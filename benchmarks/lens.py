@@ -1,0 +1,208 @@
+"""Strong-lens finder benchmark (issue 18): the full pipeline, and a single-CNN baseline in the same run.
+
+Runs ``pipelines/lens.yml`` (sizes from ``stages/lens.yml``, or scaled down with ``--scale``) into
+``--out`` and prints JSON lines:
+
+- ``ensemble``: the calibrated 5-member ensemble with 8-fold dihedral averaging on the test set
+  (AUROC with bootstrap interval, ECE / NLL / Brier before and after calibration) and against the
+  100,000 natural-mix negatives (TPR at FPR 1e-2, 1e-3, 1e-4 with Clopper-Pearson intervals;
+  purity calibration at the deployment prevalence);
+- ``baseline_single_cnn``: member 0 alone, one view (no dihedral averaging), uncalibrated, on the
+  same images;
+- ``members``: each member's AUROC (dihedral-averaged) against the ensemble's;
+- ``fusion``: mean against inverse-MC-variance fusion on the calibration and test sets;
+- ``diversity``: correlation of member logits, disagreement near the threshold;
+- ``selection_function``: completeness per PSF-FWHM bin (and the other strata), the FPR per
+  contaminant class, the largest interval half-width of bins with >= 200 lenses, and whether the
+  completeness rises with theta_E and with source brightness;
+- ``timing``: wall time of every stage, the training time per member, the device.
+
+Usage::
+
+    python benchmarks/lens.py --out /tmp/lens_full            # the full run (1.5-2 h on 2 CPU cores)
+    python benchmarks/lens.py --out /tmp/lens_small --scale 0.1 --n-members 2 --max-epochs 3
+    python benchmarks/lens.py --out /tmp/lens_full --analyse-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIM_STAGES = ["LensSimulateTrain", "LensSimulateCalibration", "LensSimulateTest", "LensSimulateNegatives",
+              "LensSimulateSelection"]
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)), flush=True)
+
+
+def prepare(out: str, scale: float, n_members: int | None, max_epochs: int | None, device: str | None) -> str:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(ROOT, "stages", "lens.yml")) as fh:
+        config = yaml.safe_load(fh)
+    if scale != 1.0:
+        for stage in SIM_STAGES:
+            config[stage]["n_images"] = max(256, int(round(config[stage]["n_images"] * scale)))
+    if n_members:
+        config["LensTrain"]["n_members"] = n_members
+    if max_epochs:
+        config["LensTrain"]["max_epochs"] = max_epochs
+    if device:
+        config["LensTrain"]["device"] = device
+        for stage in ("LensScoreCalibration", "LensScoreTest", "LensScoreNegatives", "LensScoreSelection"):
+            config[stage]["device"] = device
+    if scale < 1.0:  # a small run cannot resolve the full run's gate thresholds: report, do not stop
+        config["ClassifierGate"]["on_fail"] = "warn"
+    cfg_path = os.path.join(out, "stages_lens.yml")
+    with open(cfg_path, "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    with open(os.path.join(ROOT, "pipelines", "lens.yml")) as fh:
+        pipe = yaml.safe_load(fh)
+    pipe.update(config=cfg_path, output_dir=os.path.join(out, "data"), log_dir=os.path.join(out, "logs"),
+                resume=True)  # a rerun skips the stages whose outputs exist (e.g. the simulations)
+    pipe_path = os.path.join(out, "pipeline_lens.yml")
+    with open(pipe_path, "w") as fh:
+        yaml.safe_dump(pipe, fh, sort_keys=False)
+    return pipe_path
+
+
+def stage_times(log_dir: str) -> dict:
+    """Wall seconds of each stage, from the modification times of ceci's log files (start = the
+    previous log's end; the first from the run start recorded by this script)."""
+    out = {}
+    start_file = os.path.join(log_dir, "..", "run_start")
+    t_prev = float(open(start_file).read()) if os.path.exists(start_file) else None
+    for name in sorted(os.listdir(log_dir), key=lambda n: os.path.getmtime(os.path.join(log_dir, n))):
+        t = os.path.getmtime(os.path.join(log_dir, name))
+        if t_prev is not None:
+            out[name.removesuffix(".log")] = round(t - t_prev, 1)
+        t_prev = t
+    return out
+
+
+def analyse(out: str) -> None:
+    from calipers.core.class_predictions import read_class_predictions, sigmoid
+    from calipers.core.provenance import read_json_object
+    from calipers.lens.model import ensemble_diversity, fuse_members
+    from calipers.validate import classification as cls
+    from calipers.validate.classifier_evaluation import evaluate_classifier
+    from calipers.validate.selection_function import is_monotone_increasing
+
+    data = os.path.join(out, "data")
+    test = read_class_predictions(os.path.join(data, "calibrated_test_predictions.hdf5"))
+    negs = read_class_predictions(os.path.join(data, "calibrated_negative_predictions.hdf5"))
+    calib = read_class_predictions(os.path.join(data, "calibration_predictions.hdf5"))
+    labels = test.labels()
+    prevalence = test.attrs["calibration"]["deployment_prevalence"]
+    ev = evaluate_classifier(test.logit, labels, negs.logit, test_logit_uncalibrated=test.columns["logit_uncalibrated"],
+                             test_logit_deploy=test.columns["logit_deploy"],
+                             negative_logit_deploy=negs.columns["logit_deploy"], prevalence=prevalence)
+
+    def tpr_rows(e):
+        return {f"tpr_at_fpr_{r['fpr_target']:g}": {k: r.get(k) for k in ("tpr", "tpr_lo", "tpr_hi", "fpr", "threshold",
+                                                                        "k_pos", "n_pos", "k_neg", "n_neg", "status")}
+                for r in e.tpr_at_fpr}
+
+    emit({"benchmark": "lens", "what": "ensemble", "n_test": ev.n_test, "n_test_lenses": ev.n_test_pos,
+          "n_negatives": ev.n_negatives, "auroc": ev.auroc, "auroc_lo": ev.auroc_lo, "auroc_hi": ev.auroc_hi,
+          **tpr_rows(ev), "ece_before": ev.calibration_before["ece"], "ece_after": ev.calibration["ece"],
+          "mce_after": ev.calibration["mce"], "nll_before": ev.calibration_before["nll"],
+          "nll_after": ev.calibration["nll"], "brier_before": ev.calibration_before["brier"],
+          "brier_after": ev.calibration["brier"], "deployment_prevalence": prevalence,
+          "purity_fraction_inside": ev.purity["fraction_inside"],
+          "purity_bins": [{k: b.get(k) for k in ("predicted", "observed", "lo", "hi", "k_pos", "k_neg", "inside")}
+                          for b in ev.purity["bins"]]})
+    # baseline: member 0, the untransformed image, no calibration
+    base = evaluate_classifier(test.columns["logit_single_view"], labels, negs.columns["logit_single_view"])
+    emit({"benchmark": "lens", "what": "baseline_single_cnn", "auroc": base.auroc, "auroc_lo": base.auroc_lo,
+          "auroc_hi": base.auroc_hi, **tpr_rows(base), "ece": base.calibration["ece"], "nll": base.calibration["nll"],
+          "brier": base.calibration["brier"],
+          "ratio_ensemble_to_baseline": {"one_minus_auroc": (1 - ev.auroc) / max(1 - base.auroc, 1e-12),
+                                         "tpr_at_fpr_0.001": (ev.tpr_row(1e-3)["tpr"] or np.nan)
+                                         / max(base.tpr_row(1e-3)["tpr"] or np.nan, 1e-12)}})
+    member_auc = [float(cls.auroc(m, labels)) for m in test.member_logits]
+    emit({"benchmark": "lens", "what": "members", "member_auroc": member_auc,
+          "ensemble_auroc_uncalibrated": float(cls.auroc(test.columns["logit_uncalibrated"], labels)),
+          "ensemble_ge_best_member": bool(cls.auroc(test.columns["logit_uncalibrated"], labels) >= max(member_auc))})
+    fus = {}
+    for name, p in (("calibration", calib), ("test", test)):
+        y = p.labels()
+        for method in ("mean", "inverse_variance"):
+            z = fuse_members(p.member_logits, p.member_logit_var, method)
+            fus[f"{name}_{method}_auroc"] = float(cls.auroc(z, y))
+    cal_spec = read_json_object(os.path.join(data, "calibrator.json"))
+    emit({"benchmark": "lens", "what": "fusion", "chosen": cal_spec["fusion"],
+          "temperature": cal_spec["fit"].get("temperature"), **fus})
+    sf = read_json_object(os.path.join(data, "selection_function", "selection_function.json"))
+    emit({"benchmark": "lens", "what": "diversity",
+          **ensemble_diversity(test.member_logits, threshold=float(sf["threshold"]))})
+    widths = [r["half_width"] for rows in sf["strata"].values() for r in rows
+              if r["n"] >= 200 and r.get("half_width") is not None]
+    two_d = []
+    for t in sf.get("two_d", {}).values():
+        n = np.asarray(t["n"], dtype=float)
+        hw = (np.asarray(t["hi"], dtype=float) - np.asarray(t["lo"], dtype=float)) / 2
+        two_d += list(hw[n >= 200])
+    from calipers.validate.selection_function import SelectionFunction
+
+    sfo = SelectionFunction.from_dict(sf)
+    emit({"benchmark": "lens", "what": "selection_function", "fpr_target": sf["fpr_target"],
+          "threshold_logit": sf["threshold"],
+          "psf_fwhm_r": [{k: r.get(k) for k in ("edge_lo", "edge_hi", "n", "k", "completeness", "lo", "hi", "half_width", "status")}
+                         for r in sf["strata"]["psf_fwhm_r"]],
+          "fpr_by_class": sf["fpr_classes"],
+          "max_half_width_n_ge_200_1d": max(widths) if widths else None,
+          "max_half_width_n_ge_200_2d": float(max(two_d)) if two_d else None,
+          "rises_with_theta_e": is_monotone_increasing(sfo.strata["theta_e"]),
+          "rises_with_source_brightness": is_monotone_increasing(list(reversed(sfo.strata["source_mag_r"]))),
+          "strata": sf["strata"]})
+    model_meta = read_json_object(os.path.join(data, "lens_model", "metadata.json"))
+    hist = model_meta["histories"]
+    emit({"benchmark": "lens", "what": "timing", "device": open(os.path.join(out, "device")).read().strip()
+          if os.path.exists(os.path.join(out, "device")) else "unknown",
+          "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+          "train_seconds_total": float(sum(h["seconds"] for h in hist)),
+          "member_seconds": [h["seconds"] for h in hist], "member_epochs": [h["epochs"] for h in hist],
+          "member_best_val_auroc": [h["best_val_auroc"] for h in hist],
+          "n_training_images": model_meta.get("n_training_images"),
+          "stage_seconds": stage_times(os.path.join(out, "logs"))})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="Run directory (pipeline outputs under <out>/data)")
+    ap.add_argument("--scale", type=float, default=1.0, help="Scale every simulated set's size (1 = the full run)")
+    ap.add_argument("--n-members", type=int, default=None)
+    ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--device", default=None, help="LensTrain/LensScore device (default: the config's, auto)")
+    ap.add_argument("--analyse-only", action="store_true", help="Only read an earlier run's outputs")
+    args = ap.parse_args(argv)
+    if not args.analyse_only:
+        pipe = prepare(args.out, args.scale, args.n_members, args.max_epochs, args.device)
+        import torch
+
+        with open(os.path.join(args.out, "device"), "w") as fh:
+            fh.write(torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else
+                     f"cpu ({os.cpu_count()} cores)")
+        with open(os.path.join(args.out, "run_start"), "w") as fh:
+            fh.write(str(time.time()))
+        t0 = time.time()
+        rc = subprocess.call([os.path.join(os.path.dirname(sys.executable), "ceci"), pipe])
+        emit({"benchmark": "lens", "what": "pipeline", "rc": rc, "seconds": round(time.time() - t0, 1),
+              "scale": args.scale})
+        if rc != 0 and not os.path.exists(os.path.join(args.out, "data", "calibrated_test_predictions.hdf5")):
+            return rc
+    analyse(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
