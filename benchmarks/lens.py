@@ -22,6 +22,10 @@ Usage::
     python benchmarks/lens.py --out /tmp/lens_full            # the full run (1.5-2 h on 2 CPU cores)
     python benchmarks/lens.py --out /tmp/lens_small --scale 0.1 --n-members 2 --max-epochs 3
     python benchmarks/lens.py --out /tmp/lens_full --analyse-only
+    python benchmarks/lens.py --out /tmp/lens_full --experiment seeds psf metadata --n-members 3
+
+The last is the diversity experiment (generalists differing only in seed, PSF or depth
+specialists, the metadata branch) on a run's own images, at a reduced size.
 """
 from __future__ import annotations
 
@@ -176,6 +180,54 @@ def analyse(out: str) -> None:
           "stage_seconds": stage_times(os.path.join(out, "logs"))})
 
 
+def experiment(out: str, n_train: int, n_members: int, max_epochs: int | None, n_negatives: int,
+               variants: list[str]) -> None:
+    """The diversity experiment, on the run's own images: ensembles of generalists (seeds only),
+    of PSF or depth specialists, and with the metadata branch, trained on the first ``n_train``
+    training images and compared on the test set and the first ``n_negatives`` negatives
+    (AUROC, TPR at FPR 1e-2, member correlation, disagreement near the threshold, fusion)."""
+    import torch
+
+    from calipers.core.image_sets import read_image_set
+    from calipers.lens.model import (LensCNNConfig, LensTrainConfig, ensemble_diversity, fuse_members,
+                                     score_members, train_ensemble)
+    from calipers.validate import classification as cls
+
+    with open(os.path.join(out, "stages_lens.yml")) as fh:
+        cfg = yaml.safe_load(fh)["LensTrain"]
+    data = os.path.join(out, "data")
+    train = read_image_set(os.path.join(data, "training_images.hdf5"), rows=slice(0, n_train))
+    test = read_image_set(os.path.join(data, "test_images.hdf5"))
+    negs = read_image_set(os.path.join(data, "negative_images.hdf5"), rows=slice(0, n_negatives))
+    labels = np.asarray(train.meta["label"]).astype(int)
+    y_test = np.asarray(test.meta["label"]).astype(int)
+    meta_cols = ("psf_fwhm_r", "depth_r", "n_exposures")
+    for variant in variants:
+        t0 = time.time()
+        cnn = LensCNNConfig(widths=tuple(cfg["widths"]), head_hidden=cfg["head_hidden"], dropout=cfg["dropout"],
+                            meta_columns=meta_cols if variant == "metadata" else ())
+        tc = LensTrainConfig(n_members=n_members, max_epochs=max_epochs or cfg["max_epochs"], patience=cfg["patience"],
+                             batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
+                             specialise=variant if variant in ("psf", "depth") else None)
+        ens = train_ensemble(train.data, train.ivar, labels, train.meta, cnn, tc, seed=cfg["seed"])
+        seconds = time.time() - t0
+        st = score_members(ens, test.data, test.ivar, test.meta, mc_samples=8)
+        sn = score_members(ens, negs.data, negs.ivar, negs.meta, mc_samples=8)
+        record = {"benchmark": "lens", "what": "diversity_experiment", "variant": variant, "n_train": n_train,
+                  "n_members": n_members, "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+                  "member_auroc": [float(cls.auroc(m, y_test)) for m in st.deterministic]}
+        for method in ("mean", "inverse_variance"):
+            zt = fuse_members(st.deterministic, st.variance, method)
+            zn = fuse_members(sn.deterministic, sn.variance, method)
+            record[f"{method}_auroc"] = float(cls.auroc(zt, y_test))
+            row = cls.tpr_at_fpr(np.r_[zt[y_test == 1], zn], np.r_[np.ones((y_test == 1).sum(), int),
+                                                                   np.zeros(len(zn), int)], fprs=(1e-2,))[0]
+            record[f"{method}_tpr_at_fpr_0.01"] = row["tpr"]
+        threshold = float(np.quantile(fuse_members(sn.deterministic), 0.99))
+        record |= ensemble_diversity(st.deterministic, threshold=threshold)
+        emit(record)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="Run directory (pipeline outputs under <out>/data)")
@@ -184,7 +236,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--device", default=None, help="LensTrain/LensScore device (default: the config's, auto)")
     ap.add_argument("--analyse-only", action="store_true", help="Only read an earlier run's outputs")
+    ap.add_argument("--experiment", nargs="*", default=None, metavar="VARIANT",
+                    help="Only run the diversity experiment on an earlier run's images: variants among "
+                         "seeds, psf, depth, metadata")
+    ap.add_argument("--experiment-train", type=int, default=8000, help="Training images of the experiment")
+    ap.add_argument("--experiment-negatives", type=int, default=20000, help="Negatives of the experiment")
     args = ap.parse_args(argv)
+    if args.experiment is not None:
+        experiment(args.out, args.experiment_train, args.n_members or 3, args.max_epochs, args.experiment_negatives,
+                   args.experiment or ["seeds", "psf", "depth", "metadata"])
+        return 0
     if not args.analyse_only:
         pipe = prepare(args.out, args.scale, args.n_members, args.max_epochs, args.device)
         import torch

@@ -725,11 +725,12 @@ class LensReport(CalipersStage):
 
         neg_imgs, _ = rows_of(self.input_path("negative_images"), np.sort(top_fp))
         neg_titles = [f"{CLASS_NAMES[int(negs.meta['object_class'][i])]} p={negs.prob[i]:.3f}" for i in np.sort(top_fp)]
-        figures["gallery_false_positives"] = cplots.cutout_gallery(neg_imgs, neg_titles, n_cols=4)
+        stretch = {"n_cols": 4, "q": 50.0, "percentile": 99.9}  # a soft stretch: faint arcs next to bright cores
+        figures["gallery_false_positives"] = cplots.cutout_gallery(neg_imgs, neg_titles, **stretch)
         lens_imgs, _ = rows_of(self.input_path("lens_images"), np.sort(low_lens))
         lens_titles = [f"tE={lenses.meta['theta_e'][i]:.2f} S/N={lenses.meta['arc_snr'][i]:.0f} "
                        f"p={lenses.prob[i]:.2g}" for i in np.sort(low_lens)]
-        figures["gallery_missed_lenses"] = cplots.cutout_gallery(lens_imgs, lens_titles, n_cols=4)
+        figures["gallery_missed_lenses"] = cplots.cutout_gallery(lens_imgs, lens_titles, **stretch)
 
         diversity = ensemble_diversity(test.member_logits, threshold=threshold)
         sections = [_html_table(gate.get("checks", []), ["name", "value", "op", "threshold", "passed", "why"],

@@ -1,0 +1,143 @@
+"""The classifier calibration, selection-function and gate stages on synthetic predictions whose
+right answers are known exactly (no CNN, no simulator)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import norm
+
+from calipers.core.class_predictions import ClassPredictions, read_class_predictions, sigmoid, write_class_predictions
+from calipers.core.errors import GateFailed
+from calipers.lens.simulate import CLASS_NAMES
+from conftest import inprogress, run_stage
+
+D = 2.5  # separation of the lens and non-lens score distributions (unit variance)
+
+
+def true_logit(score, prevalence):
+    """Exact posterior log-odds of a lens for equal-variance Gaussians N(D, 1) vs N(0, 1)."""
+    return D * score - D ** 2 / 2 + np.log(prevalence / (1 - prevalence))
+
+
+def predictions(path, n_pos, n_neg, seed, scale=1.0, meta=None, n_members=3):
+    """Members report ``scale`` x the exact log-odds at the sample prevalence (scale 1: calibrated)."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    score = rng.normal(size=len(labels)) + D * labels
+    prevalence = n_pos / len(labels) if n_pos and n_neg else 0.25
+    exact = true_logit(score, prevalence)
+    members = scale * exact[None, :] + 1e-3 * rng.normal(size=(n_members, len(labels)))
+    var = np.full_like(members, 0.01)
+    cols = {"label": labels, "object_class": np.where(labels == 1, 0, rng.integers(1, 7, len(labels)))}
+    cols |= meta or {}
+    pred = ClassPredictions(members.mean(0), sigmoid(members.mean(0)), members, var,
+                            {"logit_single_view": members[0]}, cols, {"calibration": {"calibrated": False}})
+    write_class_predictions(str(path), pred)
+    return exact
+
+
+def config(tmp_path, **sections):
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(sections))
+    return str(path)
+
+
+@pytest.fixture
+def calibrated(tmp_path):
+    """An overconfident classifier (logits x 2) calibrated on its own calibration set, then applied."""
+    predictions(tmp_path / "cal.hdf5", 5000, 15000, seed=1, scale=2.0)
+    exact_test = predictions(tmp_path / "test.hdf5", 2000, 6000, seed=2, scale=2.0)
+    neg_meta = None
+    predictions(tmp_path / "neg.hdf5", 0, 40000, seed=3, scale=2.0, meta=neg_meta)
+    cfg = config(tmp_path, ClassifierCalibrate={"deployment_prevalence": 1e-3, "fusion": "auto"},
+                 ClassifierApplyCalibration={})
+    run_stage("ClassifierCalibrate", cfg, calibration_predictions=str(tmp_path / "cal.hdf5"),
+              calibrator=str(tmp_path / "calibrator.json"), calibration_report=str(tmp_path / "cal_report"))
+    for name in ("test", "neg"):
+        run_stage("ClassifierApplyCalibration", cfg, calibrator=str(tmp_path / "calibrator.json"),
+                  predictions=str(tmp_path / f"{name}.hdf5"),
+                  calibrated_predictions=str(tmp_path / f"{name}_cal.hdf5"))
+    return tmp_path, exact_test
+
+
+def test_calibration_recovers_the_temperature_and_the_exact_posterior(calibrated):
+    d, exact = calibrated
+    spec = json.loads((d / "calibrator.json").read_text())
+    assert spec["fit"]["temperature"] == pytest.approx(2.0, rel=0.05)
+    test = read_class_predictions(str(d / "test_cal.hdf5"))
+    # calibrated logits are the exact posterior log-odds at the test prevalence (0.25)
+    assert np.abs(test.logit - exact).max() < 0.1 * np.abs(exact).max()
+    assert np.median(np.abs(test.logit - exact)) < 0.05
+    # prior shift: the deployment logit differs from it by exactly logit(1e-3) - logit(calibration prevalence)
+    shift = np.log(1e-3 / (1 - 1e-3)) - np.log(0.25 / 0.75)
+    np.testing.assert_allclose(test.columns["logit_deploy"] - test.logit, shift, atol=1e-9)
+    assert test.attrs["calibration"]["deployment_prevalence"] == 1e-3
+    np.testing.assert_allclose(test.columns["logit_uncalibrated"], test.member_logits.mean(0))
+
+
+def test_gate_passes_a_calibrated_finder_and_stops_a_weak_one(calibrated, tmp_path):
+    d, _ = calibrated
+    rng = np.random.default_rng(5)
+    # selection function input: a lens sample with strata columns
+    n = 3000
+    meta = {"theta_e": rng.uniform(0.8, 3.0, n), "psf_fwhm_r": rng.uniform(0.6, 1.4, n)}
+    predictions(d / "sf.hdf5", n, 0, seed=6, scale=2.0, meta=meta)
+    cfg = config(d, ClassifierApplyCalibration={},
+                 LensSelectionFunction={"strata": {"theta_e": [0.8, 1.5, 2.2, 3.0], "psf_fwhm_r": [0.6, 1.0, 1.4]},
+                                        "pairs": ["psf_fwhm_r:theta_e"], "fpr_target": 1e-3},
+                 ClassifierGate={"min_auroc_lower": 0.95, "min_tpr": 0.2, "n_boot": 200,
+                                 "max_fpr_upper": {c: 1.0 for c in CLASS_NAMES[1:]}})
+    run_stage("ClassifierApplyCalibration", cfg, calibrator=str(d / "calibrator.json"),
+              predictions=str(d / "sf.hdf5"), calibrated_predictions=str(d / "sf_cal.hdf5"))
+    run_stage("LensSelectionFunction", cfg, lens_predictions=str(d / "sf_cal.hdf5"),
+              negative_predictions=str(d / "neg_cal.hdf5"), selection_function=str(d / "sf"))
+    sf = json.loads((d / "sf" / "selection_function.json").read_text())
+    # the threshold at FPR 1e-3 on the negatives and the lenses' completeness above it (all strata alike)
+    overall = [r for r in sf["strata"]["theta_e"] if r["status"] == "ok"]
+    k = sum(r["k"] for r in overall)
+    n_ok = sum(r["n"] for r in overall)
+    analytic = norm.sf(norm.isf(1e-3) - D)  # TPR at FPR 1e-3 for N(D,1) vs N(0,1)
+    assert abs(k / n_ok - analytic) < 4 * np.sqrt(analytic * (1 - analytic) / n_ok) + 4 / np.sqrt(40000)
+    assert (d / "sf" / "heatmap_psf_fwhm_r__theta_e.png").exists()
+    run_stage("ClassifierGate", cfg, predictions=str(d / "test_cal.hdf5"), negative_predictions=str(d / "neg_cal.hdf5"),
+              selection_function=str(d / "sf"), gate_report=str(d / "gate"))
+    report = json.loads((d / "gate" / "report.json").read_text())
+    assert report["passed"]
+    checks = {c["name"]: c for c in report["checks"]}
+    auroc = norm.cdf(D / np.sqrt(2))  # analytic AUROC of the two Gaussians
+    assert abs(report["metrics"]["auroc"] - auroc) < 0.01
+    assert checks["ece"]["value"] < 0.02
+    # a stricter gate stops it, naming the failed check; the report is kept aside
+    strict = config(d, ClassifierGate={"min_auroc_lower": 0.99, "n_boot": 200,
+                                       "max_fpr_upper": {c: 1.0 for c in CLASS_NAMES[1:]}})
+    with pytest.raises(GateFailed, match="auroc_lower"):
+        run_stage("ClassifierGate", strict, predictions=str(d / "test_cal.hdf5"),
+                  negative_predictions=str(d / "neg_cal.hdf5"), selection_function=str(d / "sf"),
+                  gate_report=str(d / "gate2"))
+    assert not (d / "gate2").exists() and (d / "gate2.FAILED" / "index.html").exists()
+
+
+def test_uncalibrated_predictions_are_refused_by_the_gate(calibrated, tmp_path):
+    from calipers.core.errors import FileFormatError
+
+    d, _ = calibrated
+    cfg = config(tmp_path, ClassifierGate={})
+    target = tmp_path / "gate"
+    with pytest.raises(FileFormatError, match="ClassifierApplyCalibration"):
+        run_stage("ClassifierGate", cfg, predictions=str(d / "test.hdf5"), negative_predictions=str(d / "neg.hdf5"),
+                  selection_function=str(d), gate_report=str(target))
+    assert not target.exists() and not inprogress(target).exists()
+
+
+def test_calibration_needs_both_classes(tmp_path):
+    from calipers.core.errors import FileFormatError
+
+    predictions(tmp_path / "neg.hdf5", 0, 500, seed=3)
+    cfg = config(tmp_path, ClassifierCalibrate={})
+    with pytest.raises(FileFormatError, match="one class"):
+        run_stage("ClassifierCalibrate", cfg, calibration_predictions=str(tmp_path / "neg.hdf5"),
+                  calibrator=str(tmp_path / "c.json"), calibration_report=str(tmp_path / "r"))
+    assert not (tmp_path / "c.json").exists()
