@@ -141,3 +141,29 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path, mpi_env):
     assert "unknown qp parameterization" in proc.stdout + proc.stderr
     # (.calipers may keep rank 0's output lock if the abort killed it first: stale, taken over by the next run)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".calipers") == ["cfg.yml", "pz.hdf5", "truth.hdf5"]
+
+
+def test_lens_simulate_train_score_over_two_ranks_equal_serial(tmp_path, mpi_env):
+    """LensSimulate (blocks split over ranks), LensTrain (members over ranks) and LensScore (chunks
+    over ranks) give the serial outputs bit for bit."""
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(yaml.safe_dump({
+        "LensSimulate": {"n_images": 640, "block_size": 64, "chunk_size": 128, "seed": 3},
+        "LensTrain": {"n_members": 2, "max_epochs": 1, "batch_size": 64, "widths": [8, 8, 16], "head_hidden": 8,
+                      "device": "cpu", "export_onnx": False},
+        "LensScore": {"mc_samples": 3, "batch_size": 64, "chunk_size": 128, "device": "cpu"}}))
+    for n in (1, 2):
+        images = tmp_path / f"images{n}.hdf5"
+        mpirun(mpi_env, "LensSimulate", cfg, n, images=images)
+        mpirun(mpi_env, "LensTrain", cfg, n, images=images, model=tmp_path / f"model{n}")
+        mpirun(mpi_env, "LensScore", cfg, n, model=tmp_path / f"model{n}", images=images,
+               predictions=tmp_path / f"pred{n}.hdf5")
+    assert_same_h5(tmp_path / "images1.hdf5", tmp_path / "images2.hdf5")
+    w1 = torch.load(tmp_path / "model1" / "weights.pt", weights_only=True)
+    w2 = torch.load(tmp_path / "model2" / "weights.pt", weights_only=True)
+    assert sorted(w1) == sorted(w2) == ["member_0", "member_1"]
+    for k in w1:
+        for name in w1[k]:
+            assert torch.equal(w1[k][name], w2[k][name]), f"{k}.{name}"
+    assert_same_h5(tmp_path / "pred1.hdf5", tmp_path / "pred2.hdf5")
+    assert not [p for p in tmp_path.iterdir() if ".rank" in p.name]
