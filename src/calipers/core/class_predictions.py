@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from calipers.core.catalog import open_hdf5
 from calipers.core.errors import FileFormatError
+from calipers.validate.classification import sigmoid  # noqa: F401  (re-exported: stages import it from here)
 
 KIND = "calipers.class_predictions"
 REQUIRED = ("logit", "prob", "member_logits")
@@ -43,11 +45,6 @@ class ClassPredictions:
             raise FileFormatError(f"{source}: no 'label' column in its meta group; these objects have no truth "
                                   f"labels (have {sorted(self.meta)})")
         return np.asarray(self.meta["label"]).astype(int)
-
-
-def sigmoid(logit: np.ndarray) -> np.ndarray:
-    logit = np.asarray(logit, dtype=float)
-    return np.exp(-np.logaddexp(0.0, -logit))
 
 
 def write_class_predictions(path: str, pred: ClassPredictions, provenance: dict | None = None) -> None:
@@ -83,13 +80,7 @@ def write_class_predictions(path: str, pred: ClassPredictions, provenance: dict 
 
 def read_class_predictions(path: str, meta_columns=None) -> ClassPredictions:
     """Read a predictions file; errors name the file and what is missing or malformed."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such predictions file")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as err:
-        raise FileFormatError(f"{path}: not an HDF5 file ({err})") from err
-    with fh:
+    with open_hdf5(path, "class-predictions file") as fh:
         if fh.attrs.get("kind") != KIND:
             raise FileFormatError(f"{path}: not a calipers class-predictions file (kind={fh.attrs.get('kind')!r})")
         missing = [k for k in REQUIRED if k not in fh]
