@@ -194,3 +194,18 @@ def test_model_directory_round_trip_and_onnx(trained, tmp_path):
     # weights load without executing code
     states = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
     assert set(states) == {"member_0", "member_1"}
+
+
+def test_fused_batch_normalisation_is_the_same_function(trained):
+    from calipers.lens.model import fused_for_inference
+
+    ens, (data, ivar, _, _), _ = trained
+    model = ens.member(0)
+    x = torch.from_numpy(preprocess_cutouts(data[:16], ivar[:16]))
+    with torch.inference_mode():
+        want, got = model(x), fused_for_inference(model)(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    # the scores do not depend on how many views go through the network at once
+    a = score_members(ens, data[:12], ivar[:12], mc_samples=2, view_batch=96)
+    b = score_members(ens, data[:12], ivar[:12], mc_samples=2, view_batch=5)
+    np.testing.assert_allclose(a.deterministic, b.deterministic, rtol=1e-5, atol=1e-5)
