@@ -79,16 +79,16 @@ def prepare(out: str, scale: float, n_members: int | None, max_epochs: int | Non
 
 
 def stage_times(log_dir: str) -> dict:
-    """Wall seconds of each stage, from the modification times of ceci's log files (start = the
-    previous log's end; the first from the run start recorded by this script)."""
+    """Wall seconds of each stage, from the 'Stage complete: ... took X minutes' line ceci's
+    stages write at the end of their logs (a stage skipped by a resumed run keeps its first time)."""
+    import re
+
     out = {}
-    start_file = os.path.join(log_dir, "..", "run_start")
-    t_prev = float(open(start_file).read()) if os.path.exists(start_file) else None
-    for name in sorted(os.listdir(log_dir), key=lambda n: os.path.getmtime(os.path.join(log_dir, n))):
-        t = os.path.getmtime(os.path.join(log_dir, name))
-        if t_prev is not None:
-            out[name.removesuffix(".log")] = round(t - t_prev, 1)
-        t_prev = t
+    for name in sorted(os.listdir(log_dir)):
+        with open(os.path.join(log_dir, name), errors="replace") as fh:
+            took = re.findall(r"Stage complete: .* took ([0-9.]+) minutes", fh.read())
+        if took:
+            out[name.removesuffix(".out").removesuffix(".log")] = round(60 * float(took[-1]), 1)
     return out
 
 
@@ -172,7 +172,8 @@ def analyse(out: str) -> None:
     hist = model_meta["histories"]
     emit({"benchmark": "lens", "what": "timing", "device": open(os.path.join(out, "device")).read().strip()
           if os.path.exists(os.path.join(out, "device")) else "unknown",
-          "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+          "threads_per_training_process": next((st.get("threads_per_process", 1) for st in yaml.safe_load(
+              open(os.path.join(out, "pipeline_lens.yml")))["stages"] if st["name"] == "LensTrain"), None),
           "train_seconds_total": float(sum(h["seconds"] for h in hist)),
           "member_seconds": [h["seconds"] for h in hist], "member_epochs": [h["epochs"] for h in hist],
           "member_best_val_auroc": [h["best_val_auroc"] for h in hist],
