@@ -93,7 +93,7 @@ def stage_times(log_dir: str) -> dict:
 
 
 def analyse(out: str) -> None:
-    from calipers.core.class_predictions import read_class_predictions, sigmoid
+    from calipers.core.class_predictions import read_class_predictions
     from calipers.core.provenance import read_json_object
     from calipers.lens.model import ensemble_diversity, fuse_members
     from calipers.validate import classification as cls

@@ -201,16 +201,15 @@ class LensTrain(CalipersStage):
     }
 
     def _train_config(self):
-        from calipers.lens.model import LensCNNConfig, LensTrainConfig
+        from calipers.lens.model import LensTrainConfig
 
         c = self.config
         try:
-            train = LensTrainConfig(n_members=c["n_members"], max_epochs=c["max_epochs"], patience=c["patience"],
+            return LensTrainConfig(n_members=c["n_members"], max_epochs=c["max_epochs"], patience=c["patience"],
                                     batch_size=c["batch_size"], learning_rate=c["learning_rate"],
                                     weight_decay=c["weight_decay"], validation_fraction=c["validation_fraction"],
                                     class_weighting=c["class_weighting"], match_exposures=c["match_exposures"],
                                     augment=c["augment"], specialise=c["specialise"] or None)
-            return train
         except ValueError as err:
             raise ConfigError(f"stage {self.instance_name}: {err}") from err
 
