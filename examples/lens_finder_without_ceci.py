@@ -49,6 +49,8 @@ def main() -> None:
         print(f"theta_E {row['edge_lo']:.1f}-{row['edge_hi']:.1f}\": completeness {row['completeness']:.3f} "
               f"[{row['lo']:.3f}, {row['hi']:.3f}] (n={row['n']})")
     for row in sf.fpr_classes:
+        if row["n"] == 0:  # the lens class: no negatives of it
+            continue
         print(f"FPR {row['class']}: {row['fpr']:.4f} [{row['lo']:.4f}, {row['hi']:.4f}] (n={row['n']})")
 
 

@@ -530,6 +530,7 @@ class LensSelectionFunction(CalipersStage):
         sf = selection_function(lenses.logit, {k: lenses.meta[k] for k in lenses.meta}, negs.logit,
                                 negs.meta["object_class"], CLASS_NAMES, fpr_target=c["fpr_target"], strata=strata,
                                 pairs=pairs, min_count=c["min_count"], cl=c["confidence"])
+        sf.fpr_classes = [r for r in sf.fpr_classes if r["class"] != "lens"]  # the negatives' classes only
         payload = sf.to_dict()
         out = self.output_path("selection_function")
         figures = {"completeness": cplots.completeness_plot(sf.strata),
@@ -616,10 +617,15 @@ class ClassifierGate(GateStage):
         if widths:
             checks.append(Check("max_cp_half_width", float(max(widths)), "<=", c["max_half_width"],
                                 why=f"strata with >= {c['half_width_min_n']} lenses"))
-        for r in sf["fpr_classes"]:
-            if r["class"] in c["max_fpr_upper"]:
-                checks.append(Check(f"fpr_upper_{r['class']}", float(r["hi"]), "<=", float(c["max_fpr_upper"][r["class"]]),
-                                    why=f"{r['k']} of {r['n']} {r['class']} above the threshold"))
+        rows = {r["class"]: r for r in sf["fpr_classes"]}
+        for name, limit in c["max_fpr_upper"].items():
+            r = rows.get(name)
+            if r is None or not r["n"]:  # no negatives of a class the gate is asked about: a blind spot
+                checks.append(Check(f"fpr_upper_{name}", 1.0, "<=", float(limit),
+                                    why=f"no {name} among the negatives: its FPR is unmeasured"))
+                continue
+            checks.append(Check(f"fpr_upper_{name}", float(r["hi"]), "<=", float(limit),
+                                why=f"{r['k']} of {r['n']} {name} above the threshold"))
         figures = {"reliability": cplots.reliability_diagram(
             [ev.calibration_before["bins"], ev.calibration["bins"]] if ev.calibration_before else [ev.calibration["bins"]],
             ["before", "after"] if ev.calibration_before else ["calibrated"])}
