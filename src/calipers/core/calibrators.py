@@ -131,3 +131,48 @@ def load_weights(path: str) -> dict:
         raise FileFormatError(f"{path}: refused, it holds more than tensors and plain containers ({err})") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise FileFormatError(f"{path}: cannot be read as torch weights; is it truncated or corrupt? ({err})") from err
+
+
+# ----------------------------------------------------------------------------- classifier calibrators
+
+CLASSIFIER_CALIBRATOR_KIND = "calipers.classifier_calibrator"
+
+
+def json_default(o):
+    """``json.dump`` default: numpy scalars and arrays as plain numbers and lists."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-able: {type(o).__name__}")
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write ``payload`` as JSON (numpy scalars and arrays allowed) to a temporary name, then rename."""
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1, default=json_default)
+    os.replace(tmp, path)
+
+
+def write_classifier_calibrator(path: str, fusion: str, calibrator, fit: dict, provenance: dict) -> None:
+    """A fitted classifier calibration as one JSON file: the member fusion, the
+    :class:`~calipers.calibrate.classification.ClassifierCalibrator` (``to_dict``), the fit summary."""
+    write_json_atomic(path, {"kind": CLASSIFIER_CALIBRATOR_KIND, "fusion": fusion, "calibrator": calibrator.to_dict(),
+                             "fit": fit, "provenance": provenance})
+
+
+def read_classifier_calibrator(path: str):
+    """(fusion, ClassifierCalibrator, spec) from :func:`write_classifier_calibrator`'s file; errors
+    name the file."""
+    from calipers.calibrate.classification import ClassifierCalibrator
+
+    spec = read_json_object(path, FileFormatError)
+    if spec.get("kind") != CLASSIFIER_CALIBRATOR_KIND:
+        raise FileFormatError(f"{path}: not a classifier calibrator (kind={spec.get('kind')!r})")
+    try:
+        return spec["fusion"], ClassifierCalibrator.from_dict(spec["calibrator"]), spec
+    except (KeyError, ValueError, TypeError) as err:
+        raise FileFormatError(f"{path}: malformed classifier calibrator: {err}") from err

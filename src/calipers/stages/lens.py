@@ -25,21 +25,6 @@ log = logging.getLogger(__name__)
 DEVICE_OPTION = {"device": Param(str, "auto", msg="torch device: auto (a GPU when present), cpu, cuda or cuda:N")}
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-able: {type(o).__name__}")
-
-
 def _rank_ranges(n: int, block: int, rank: int, size: int) -> tuple[int, int]:
     """The contiguous, block-aligned range [start, end) of ``n`` items that ``rank`` handles."""
     n_blocks = -(-n // block)
@@ -368,6 +353,7 @@ class ClassifierCalibrate(CalipersStage):
 
     def process(self):
         from calipers.calibrate.classification import ClassifierCalibrator
+        from calipers.core.calibrators import write_classifier_calibrator
         from calipers.core.class_predictions import read_class_predictions
         from calipers.core.report import write_report
         from calipers.validate import classification as cls
@@ -401,26 +387,10 @@ class ClassifierCalibrate(CalipersStage):
                    "ece_before": before_err["ece"], "ece_after": after_err["ece"],
                    "nll_before": float(cls.binary_nll(cls.sigmoid(raw), labels)),
                    "nll_after": float(cls.binary_nll(cls.sigmoid(after), labels)), "n": int(len(labels))}
-        _write_json(self.output_path("calibrator"), {"kind": "calipers.classifier_calibrator", "fusion": fusion,
-                                                     "calibrator": cal.to_dict(), "fit": summary,
-                                                     "provenance": self.provenance()})
+        write_classifier_calibrator(self.output_path("calibrator"), fusion, cal, summary, self.provenance())
         fig = cplots.reliability_diagram([before_err, after_err], ["before (fused logit)", "after temperature"])
         write_report(self.output_path("calibration_report"), "Classifier calibration", summary, [],
                      {"reliability": fig}, provenance=self.provenance())
-
-
-def read_classifier_calibrator(path: str):
-    """(fusion, ClassifierCalibrator, spec) from a ClassifierCalibrate JSON; errors name the file."""
-    from calipers.calibrate.classification import ClassifierCalibrator
-    from calipers.core.provenance import read_json_object
-
-    spec = read_json_object(path, FileFormatError)
-    if spec.get("kind") != "calipers.classifier_calibrator":
-        raise FileFormatError(f"{path}: not a classifier calibrator (kind={spec.get('kind')!r})")
-    try:
-        return spec["fusion"], ClassifierCalibrator.from_dict(spec["calibrator"]), spec
-    except (KeyError, ValueError, TypeError) as err:
-        raise FileFormatError(f"{path}: malformed classifier calibrator: {err}") from err
 
 
 class ClassifierApplyCalibration(CalipersStage):
@@ -435,6 +405,7 @@ class ClassifierApplyCalibration(CalipersStage):
     outputs = [("calibrated_predictions", ClassPredictionsFile)]
 
     def process(self):
+        from calipers.core.calibrators import read_classifier_calibrator
         from calipers.core.class_predictions import read_class_predictions, sigmoid, write_class_predictions
 
         fusion, cal, spec = read_classifier_calibrator(self.input_path("calibrator"))
@@ -503,6 +474,7 @@ class LensSelectionFunction(CalipersStage):
                 raise ConfigError(f"stage {self.instance_name}: pair {a}:{b} needs both columns in strata")
 
     def process(self):
+        from calipers.core.calibrators import write_json_atomic
         from calipers.core.class_predictions import read_class_predictions
         from calipers.core.report import write_report
         from calipers.lens.simulate import CLASS_NAMES
@@ -541,7 +513,7 @@ class LensSelectionFunction(CalipersStage):
                    "n_lenses": int(len(lenses)), "n_negatives": int(len(negs))}
         write_report(out, f"Lens selection function at FPR {c['fpr_target']:g}", summary, [], figures,
                      provenance=self.provenance(), extra={"selection_function": payload})
-        _write_json(os.path.join(out, "selection_function.json"), payload)
+        write_json_atomic(os.path.join(out, "selection_function.json"), payload)
 
 
 # ============================================================================ gate and report
@@ -637,7 +609,9 @@ class ClassifierGate(GateStage):
 
 
 def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=_json_default, allow_nan=True))
+    from calipers.core.calibrators import json_default
+
+    return json.loads(json.dumps(obj, default=json_default, allow_nan=True))
 
 
 def _html_table(rows: list[dict], columns: list[str], caption: str) -> str:
