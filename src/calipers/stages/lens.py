@@ -550,6 +550,7 @@ class ClassifierGate(GateStage):
 
     def process(self):
         from calipers.core.class_predictions import read_class_predictions
+        from calipers.core.provenance import read_json_object
         from calipers.validate import classification_plots as cplots
         from calipers.validate.classifier_evaluation import evaluate_classifier
         from calipers.validate.gate import Check
@@ -583,7 +584,8 @@ class ClassifierGate(GateStage):
             checks.append(Check("purity_bins_inside", float(ev.purity["fraction_inside"]), ">=",
                                 c["min_purity_inside"], why=ev.purity.get("error") or
                                 f"predicted purity at prevalence {prevalence:g} inside the observed 95% interval"))
-        sf = json.load(open(os.path.join(self.input_path("selection_function"), "selection_function.json")))
+        sf = read_json_object(os.path.join(self.input_path("selection_function"), "selection_function.json"),
+                              FileFormatError)
         widths = [r["half_width"] for rows in sf["strata"].values() for r in rows
                   if r["n"] >= c["half_width_min_n"] and r.get("half_width") is not None]
         if widths:
