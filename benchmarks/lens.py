@@ -40,8 +40,8 @@ import numpy as np
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIM_STAGES = ["LensSimulateTrain", "LensSimulateCalibration", "LensSimulateTest", "LensSimulateNegatives",
-              "LensSimulateSelection"]
+SIM_STAGES = ["LensSimulateTrain", "LensSimulateCalibration", "LensSimulateCalibrationNegatives", "LensSimulateTest",
+              "LensSimulateNegatives", "LensSimulateSelection"]
 
 
 def emit(record: dict) -> None:
@@ -61,7 +61,8 @@ def prepare(out: str, scale: float, n_members: int | None, max_epochs: int | Non
         config["LensTrain"]["max_epochs"] = max_epochs
     if device:
         config["LensTrain"]["device"] = device
-        for stage in ("LensScoreCalibration", "LensScoreTest", "LensScoreNegatives", "LensScoreSelection"):
+        for stage in ("LensScoreCalibration", "LensScoreCalibrationNegatives", "LensScoreTest", "LensScoreNegatives",
+                      "LensScoreSelection"):
             config[stage]["device"] = device
     if scale < 1.0:  # a small run cannot resolve the full run's gate thresholds: report, do not stop
         config["ClassifierGate"]["on_fail"] = "warn"

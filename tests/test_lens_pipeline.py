@@ -16,8 +16,8 @@ from conftest import inprogress, leftovers, run_stage, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_SIZES = {"LensSimulateTrain": 1024, "LensSimulateCalibration": 512, "LensSimulateTest": 512,
-              "LensSimulateNegatives": 1024, "LensSimulateSelection": 512}
+TINY_SIZES = {"LensSimulateTrain": 1024, "LensSimulateCalibration": 512, "LensSimulateCalibrationNegatives": 512,
+              "LensSimulateTest": 512, "LensSimulateNegatives": 1024, "LensSimulateSelection": 512}
 TINY_TRAIN = {"n_members": 2, "max_epochs": 2, "patience": 1, "batch_size": 64, "widths": [8, 8, 16, 16, 16],
               "head_hidden": 16, "device": "cpu"}
 # a one-epoch model on 1,000 images cannot meet the full run's thresholds: the test asserts that the
@@ -38,7 +38,8 @@ def tiny_pipeline(tmp: Path) -> Path:
         stages[name]["n_images"] = n
         stages[name]["chunk_size"] = 512
     stages["LensTrain"].update(TINY_TRAIN)
-    for name in ("LensScoreCalibration", "LensScoreTest", "LensScoreNegatives", "LensScoreSelection"):
+    for name in ("LensScoreCalibration", "LensScoreCalibrationNegatives", "LensScoreTest", "LensScoreNegatives",
+                 "LensScoreSelection"):
         stages[name] = dict(stages[name], mc_samples=4, batch_size=128, chunk_size=256, device="cpu")
     stages["ClassifierGate"].update(RELAXED_GATE)
     stages["LensSelectionFunction"]["min_count"] = 20

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from calipers.calibrate import BinaryTemperatureScaling, ClassifierCalibrator, PriorShift
+from calipers.calibrate import BinaryTemperatureScaling, ClassifierCalibrator, DeploymentAffine, PriorShift
 from calipers.validate.classification import binary_nll
 
 
@@ -141,3 +141,69 @@ def test_classifier_calibrator_temperature_then_prior_and_json_round_trip():
         ClassifierCalibrator().fit(raw, labels, deployment_prevalence=0.0)
     explicit = ClassifierCalibrator().fit(raw, labels, deployment_prevalence=1e-3, train_prevalence=0.3)
     assert explicit.prior.train_prevalence == 0.3
+
+
+def _gaussian_population(mu0, mu1, s, n=4001):
+    """Both classes' densities on one grid, as per-object weights: an exact 'population' sample."""
+    z = np.linspace(min(mu0, mu1) - 9 * s, max(mu0, mu1) + 9 * s, n)
+    dens = lambda mu: np.exp(-0.5 * ((z - mu) / s) ** 2)  # noqa: E731
+    logits = np.r_[z, z]
+    labels = np.r_[np.ones(n, int), np.zeros(n, int)]
+    return logits, labels, np.r_[dens(mu1), dens(mu0)]
+
+
+@pytest.mark.parametrize("pi", [0.5, 1e-3])
+def test_deployment_affine_is_the_exact_posterior_for_equal_variance_gaussians(pi):
+    mu0, mu1, s = 0.5, 3.0, 1.2
+    logits, labels, w = _gaussian_population(mu0, mu1, s)
+    aff = DeploymentAffine(pi).fit(logits, labels, weights=w)
+    assert aff.slope == pytest.approx((mu1 - mu0) / s ** 2, rel=1e-6)
+    assert aff.offset == pytest.approx((mu0 ** 2 - mu1 ** 2) / (2 * s ** 2) + np.log(pi / (1 - pi)), rel=1e-6)
+    assert aff.nll_after <= aff.nll_before
+    # an input already calibrated at pi is left alone
+    exact = aff.transform(logits)
+    again = DeploymentAffine(pi).fit(exact, labels, weights=w)
+    assert again.slope == pytest.approx(1.0, abs=1e-6) and again.offset == pytest.approx(0.0, abs=1e-5)
+    assert again.nll_after == pytest.approx(again.nll_before, rel=1e-9)
+
+
+def test_deployment_affine_class_weights_do_not_depend_on_class_sizes():
+    # the deployment mixture weighs the classes pi : 1 - pi however many rows each has
+    rng = np.random.default_rng(3)
+    pos, neg = rng.normal(2.5, 1.0, 2000), rng.normal(0.0, 1.0, 50_000)
+    a = DeploymentAffine(1e-3).fit(np.r_[pos, neg], np.r_[np.ones(2000), np.zeros(50_000)])
+    b = DeploymentAffine(1e-3).fit(np.r_[pos, pos, neg], np.r_[np.ones(4000), np.zeros(50_000)])
+    assert a.slope == pytest.approx(b.slope, rel=1e-9) and a.offset == pytest.approx(b.offset, rel=1e-9)
+    assert a.slope == pytest.approx(2.5, rel=0.05)  # sampling error of a 2-parameter fit
+    back = DeploymentAffine.from_dict(json.loads(json.dumps(a.to_dict())))
+    np.testing.assert_array_equal(back.transform(pos), a.transform(pos))
+    with pytest.raises(ValueError, match="positives and negatives"):
+        DeploymentAffine(1e-3).fit(neg, np.zeros(neg.size))
+    with pytest.raises(ValueError, match="DeploymentAffine: prevalence"):
+        DeploymentAffine(0.0)
+    with pytest.raises(RuntimeError, match="before fit"):
+        DeploymentAffine(1e-3).transform(pos)
+
+
+def test_calibrator_affine_step_uses_the_extra_negatives_and_round_trips():
+    rng = np.random.default_rng(7)
+    mu, s = 2.5, 1.0
+    x_pos, x_neg = rng.normal(mu, s, 3000), rng.normal(0.0, s, 9000)
+    raw = np.r_[x_pos, x_neg]  # a score, not a logit: the prior shift alone cannot be right
+    labels = np.r_[np.ones(3000, int), np.zeros(9000, int)]
+    extra = rng.normal(0.0, s, 200_000)
+    plain = ClassifierCalibrator().fit(raw, labels, 1e-3)
+    cal = ClassifierCalibrator().fit(raw, labels, 1e-3, deployment_fit="affine", extra_negative_logits=extra)
+    assert plain.affine is None and cal.affine.n_neg == 9000 + extra.size and cal.affine.n_pos == 3000
+    # the deployment logit is close to the exact posterior at 1e-3; the calibration-prevalence one is untouched
+    grid = np.linspace(1.0, 5.0, 9)
+    exact = mu * grid / s ** 2 - mu ** 2 / (2 * s ** 2) + np.log(1e-3 / (1 - 1e-3))
+    assert np.max(np.abs(cal.transform(grid) - exact)) < 0.3
+    assert np.max(np.abs(cal.transform(grid) - exact)) < np.max(np.abs(plain.transform(grid) - exact))
+    np.testing.assert_array_equal(cal.transform(grid, "calibration"), plain.transform(grid, "calibration"))
+    back = ClassifierCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_array_equal(back.transform(grid), cal.transform(grid))
+    with pytest.raises(ValueError, match="deployment_fit"):
+        ClassifierCalibrator().fit(raw, labels, 1e-3, deployment_fit="platt")
+    with pytest.raises(ValueError, match="extra_negative_logits"):
+        ClassifierCalibrator().fit(raw, labels, 1e-3, extra_negative_logits=extra)

@@ -141,3 +141,45 @@ def test_calibration_needs_both_classes(tmp_path):
         run_stage("ClassifierCalibrate", cfg, calibration_predictions=str(tmp_path / "neg.hdf5"),
                   calibrator=str(tmp_path / "c.json"), calibration_report=str(tmp_path / "r"))
     assert not (tmp_path / "c.json").exists()
+
+
+def test_calibration_with_negatives_fits_the_deployment_tail(tmp_path):
+    from calipers.core.errors import ConfigError, FileFormatError
+
+    # members report 2x the exact log-odds at 1:3: the temperature (about 2) and the prior shift make
+    # them exact at 1e-3, so the affine step fitted on 100,000 negatives must stay near the identity
+    predictions(tmp_path / "cal.hdf5", 4000, 12000, seed=11, scale=2.0)
+    exact_test = predictions(tmp_path / "test.hdf5", 2000, 6000, seed=12, scale=2.0)
+    predictions(tmp_path / "cal_neg.hdf5", 0, 100_000, seed=13, scale=2.0)
+    cfg = config(tmp_path, ClassifierCalibrateWithNegatives={"deployment_prevalence": 1e-3},
+                 ClassifierApplyCalibration={})
+    run_stage("ClassifierCalibrateWithNegatives", cfg, calibration_predictions=str(tmp_path / "cal.hdf5"),
+              negative_predictions=str(tmp_path / "cal_neg.hdf5"), calibrator=str(tmp_path / "calibrator.json"),
+              calibration_report=str(tmp_path / "cal_report"))
+    spec = json.loads((tmp_path / "calibrator.json").read_text())
+    fit = spec["fit"]
+    assert fit["deployment_fit"] == "affine" and fit["n_extra_negatives"] == 100_000
+    # the logits are exact up to T, so the affine step is close to the identity and cannot lose likelihood
+    assert fit["deployment_slope"] == pytest.approx(1.0, abs=0.1)
+    assert fit["deployment_nll_affine"] <= fit["deployment_nll_prior_shift"]
+    run_stage("ClassifierApplyCalibration", cfg, calibrator=str(tmp_path / "calibrator.json"),
+              predictions=str(tmp_path / "test.hdf5"), calibrated_predictions=str(tmp_path / "test_cal.hdf5"))
+    test = read_class_predictions(str(tmp_path / "test_cal.hdf5"))
+    # the exact posterior at 1e-3 differs from the one at 0.25 by the prior shift
+    exact_deploy = exact_test + np.log(1e-3 / (1 - 1e-3)) - np.log(0.25 / 0.75)
+    top = exact_deploy > -3  # where the purity of a search is decided
+    assert np.median(np.abs(test.columns["logit_deploy"][top] - exact_deploy[top])) < 0.2
+
+    # a 'negative' with label 1 in the negatives-only input: named, nothing written
+    predictions(tmp_path / "mixed.hdf5", 10, 1000, seed=14)
+    target = tmp_path / "c2.json"
+    with pytest.raises(FileFormatError, match="label must be 0.*first at row 0"):
+        run_stage("ClassifierCalibrateWithNegatives", cfg, calibration_predictions=str(tmp_path / "cal.hdf5"),
+                  negative_predictions=str(tmp_path / "mixed.hdf5"), calibrator=str(target),
+                  calibration_report=str(tmp_path / "r2"))
+    assert not target.exists() and not inprogress(target).exists()
+    bad = config(tmp_path, ClassifierCalibrateWithNegatives={"deployment_fit": "prior_shift"})
+    with pytest.raises(ConfigError, match="deployment_fit: affine"):
+        run_stage("ClassifierCalibrateWithNegatives", bad, calibration_predictions=str(tmp_path / "cal.hdf5"),
+                  negative_predictions=str(tmp_path / "cal_neg.hdf5"), calibrator=str(target),
+                  calibration_report=str(tmp_path / "r2"))

@@ -6,7 +6,12 @@
   a sample with positive fraction pi_train becomes, at a deployment prevalence pi_deploy,
   ``logit -> logit + logit(pi_deploy) - logit(pi_train)`` (Saerens et al. 2002), exact when the
   class-conditional score distributions are the same in both samples.
-- :class:`ClassifierCalibrator` - the two in sequence; the object a stage stores as JSON
+- :class:`DeploymentAffine` - optional third step: ``logit -> a logit + b`` on the prior-shifted
+  logit, (a, b) maximising the likelihood of the deployment mixture (positives weighted pi / N_pos,
+  negatives (1 - pi) / N_neg). At a prevalence of 1e-3 that likelihood is ruled by the negatives'
+  top tail, which a 1:3 calibration set hardly samples; a large natural-mix negative set can be
+  pooled into the fit. (a, b) = (1, 0) is the plain prior shift.
+- :class:`ClassifierCalibrator` - the steps in sequence; the object a stage stores as JSON
   (``to_dict`` / ``from_dict``, no pickles).
 
 A lens finder is trained and calibrated on a balanced (or 1:3) sample but used where lenses are
@@ -26,7 +31,7 @@ from scipy.special import logit as _logit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BinaryTemperatureScaling", "PriorShift", "ClassifierCalibrator"]
+__all__ = ["BinaryTemperatureScaling", "PriorShift", "DeploymentAffine", "ClassifierCalibrator"]
 
 
 def _logits_labels(name: str, logits, labels=None, weights=None):
@@ -130,7 +135,7 @@ def _check_kind(d: dict, kind: str) -> None:
 def _check_prevalence(name: str, value) -> float:
     value = float(value)
     if not 0 < value < 1:
-        raise ValueError(f"PriorShift: {name} must be in (0, 1) (a fraction of positives), got {value}")
+        raise ValueError(f"{name} must be in (0, 1) (a fraction of positives), got {value}")
     return value
 
 
@@ -148,9 +153,9 @@ class PriorShift:
     train_prevalence: float | None = None
 
     def __post_init__(self):
-        self.deployment_prevalence = _check_prevalence("deployment_prevalence", self.deployment_prevalence)
+        self.deployment_prevalence = _check_prevalence("PriorShift: deployment_prevalence", self.deployment_prevalence)
         if self.train_prevalence is not None:
-            self.train_prevalence = _check_prevalence("train_prevalence", self.train_prevalence)
+            self.train_prevalence = _check_prevalence("PriorShift: train_prevalence", self.train_prevalence)
 
     def fit(self, labels, weights=None) -> "PriorShift":
         """Set ``train_prevalence`` to the (weighted) fraction of positives among ``labels``."""
@@ -190,24 +195,140 @@ class PriorShift:
 
 
 @dataclass
+class DeploymentAffine:
+    """``logit -> a * logit + b``, fitted where the classifier is used: at a prevalence ``pi``.
+
+    The fit minimises the binary NLL of the deployment mixture, in which the N_pos positives weigh
+    pi / N_pos each and the N_neg negatives (1 - pi) / N_neg each (times per-object weights, when
+    given, normalised within each class):
+
+        L(a, b) = pi <softplus(-(a z + b))>_pos + (1 - pi) <softplus(a z + b)>_neg,
+
+    convex in (a, b), minimised by Newton's method with a backtracking line search. When the
+    class-conditional densities of z are Gaussians of equal variance, N(mu0, s) and N(mu1, s), the
+    log-likelihood ratio is linear in z and the minimiser is its exact posterior logit at pi:
+    a = (mu1 - mu0) / s^2, b = (mu0^2 - mu1^2) / (2 s^2) + logit(pi). On an input already
+    calibrated at pi, (a, b) = (1, 0).
+    ``nll_before`` / ``nll_after`` are L(1, 0) and L(a, b) (nats per deployed object).
+    """
+
+    prevalence: float
+    slope: float | None = None
+    offset: float | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    n_pos: int | None = None
+    n_neg: int | None = None
+
+    def __post_init__(self):
+        self.prevalence = _check_prevalence("DeploymentAffine: prevalence", self.prevalence)
+
+    def fit(self, logits, labels, weights=None, max_iter: int = 100, tol: float = 1e-12) -> "DeploymentAffine":
+        """Fit (a, b) on ``logits`` (n,) at the deployment prevalence, 0/1 ``labels``, optional ``weights``."""
+        z, y, w = _logits_labels("DeploymentAffine.fit", logits, labels, weights)
+        w = np.ones_like(z) if w is None else w
+        pos, neg = y == 1, y == 0
+        if not (w[pos].sum() > 0 and w[neg].sum() > 0):
+            raise ValueError(f"DeploymentAffine.fit: needs weighted positives and negatives; got {int(pos.sum())} "
+                             f"positive(s) and {int(neg.sum())} negative(s)")
+        pi = self.prevalence
+        c = np.where(pos, pi * w / w[pos].sum(), (1 - pi) * w / w[neg].sum())  # sums to 1
+        sign = np.where(pos, -1.0, 1.0)  # loss softplus(sign * (a z + b))
+        x = np.stack([z, np.ones_like(z)], axis=1)
+
+        def loss(theta):
+            return float(np.sum(c * np.logaddexp(0.0, sign * (x @ theta))))
+
+        theta = np.array([1.0, 0.0])
+        before = f = loss(theta)
+        for _ in range(int(max_iter)):
+            t = x @ theta
+            p = _expit(sign * t)  # d softplus(sign t) / d(sign t)
+            grad = x.T @ (c * sign * p)
+            hess = (x * (c * p * (1 - p))[:, None]).T @ x + 1e-12 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            lam = 1.0
+            while lam > 1e-10:
+                new = theta - lam * step
+                f_new = loss(new)
+                if f_new <= f:
+                    break
+                lam /= 2
+            else:
+                break
+            done = f - f_new <= tol * max(1.0, abs(f))
+            theta, f = new, f_new
+            if done:
+                break
+        self.slope, self.offset = float(theta[0]), float(theta[1])
+        self.nll_before, self.nll_after = before, f
+        self.n_pos, self.n_neg = int(pos.sum()), int(neg.sum())
+        if self.slope <= 0:
+            logger.warning("DeploymentAffine: slope %.4g <= 0: the logits do not rank positives above negatives",
+                           self.slope)
+        logger.info("DeploymentAffine at pi = %.3g: a = %.4g, b = %.4g, NLL %.6f -> %.6f (%d positives, "
+                    "%d negatives)", pi, self.slope, self.offset, before, f, self.n_pos, self.n_neg)
+        return self
+
+    def transform(self, logits) -> np.ndarray:
+        """``a * logits + b``."""
+        if self.slope is None:
+            raise RuntimeError("DeploymentAffine.transform called before fit")
+        return self.slope * np.asarray(logits, dtype=float) + self.offset
+
+    def to_dict(self) -> dict:
+        return {"kind": "DeploymentAffine", "prevalence": self.prevalence, "slope": self.slope,
+                "offset": self.offset, "nll_before": self.nll_before, "nll_after": self.nll_after,
+                "n_pos": self.n_pos, "n_neg": self.n_neg}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeploymentAffine":
+        _check_kind(d, "DeploymentAffine")
+        return cls(**{k: d.get(k) for k in ("prevalence", "slope", "offset", "nll_before", "nll_after",
+                                            "n_pos", "n_neg")})
+
+
+@dataclass
 class ClassifierCalibrator:
     """Temperature scaling then a prior shift: raw logit -> calibrated logit at a chosen prevalence.
 
     ``transform(logits, prevalence="calibration")`` gives the temperature-scaled logit (honest at
-    the calibration sample's prevalence); ``prevalence="deployment"`` adds the prior shift
-    (honest at ``deployment_prevalence``: its probability is the predicted purity there).
+    the calibration sample's prevalence); ``prevalence="deployment"`` adds the prior shift and,
+    with ``deployment_fit="affine"``, the :class:`DeploymentAffine` step (honest at
+    ``deployment_prevalence``: its probability is the predicted purity there).
     """
 
     temperature: BinaryTemperatureScaling = field(default_factory=BinaryTemperatureScaling)
     prior: PriorShift | None = None
+    affine: DeploymentAffine | None = None
 
     def fit(self, logits, labels, deployment_prevalence: float, weights=None,
-            train_prevalence: float | None = None) -> "ClassifierCalibrator":
+            train_prevalence: float | None = None, deployment_fit: str = "prior_shift",
+            extra_negative_logits=None) -> "ClassifierCalibrator":
         """Fit T on (logits, labels[, weights]); the calibration prevalence is ``train_prevalence``
-        when given, else the (weighted) positive fraction of ``labels``."""
+        when given, else the (weighted) positive fraction of ``labels``.
+
+        ``deployment_fit="affine"`` then fits :class:`DeploymentAffine` on the prior-shifted
+        logits, pooled with ``extra_negative_logits`` (raw logits of further negatives, e.g. a large
+        natural-mix set; weight 1 each, as are the calibration rows when ``weights`` is None)."""
+        if deployment_fit not in ("prior_shift", "affine"):
+            raise ValueError(f"ClassifierCalibrator.fit: deployment_fit must be 'prior_shift' or 'affine', "
+                             f"got {deployment_fit!r}")
+        if extra_negative_logits is not None and deployment_fit != "affine":
+            raise ValueError("ClassifierCalibrator.fit: extra_negative_logits are used by deployment_fit='affine' "
+                             "only")
         prior = PriorShift(deployment_prevalence, train_prevalence)  # validates before the fit
         self.temperature.fit(logits, labels, weights)
         self.prior = prior if train_prevalence is not None else prior.fit(labels, weights)
+        self.affine = None
+        if deployment_fit == "affine":
+            z, y, w = _logits_labels("ClassifierCalibrator.fit", logits, labels, weights)
+            if extra_negative_logits is not None:
+                extra = _logits_labels("ClassifierCalibrator.fit extra_negative_logits", extra_negative_logits)[0]
+                z, y = np.concatenate([z, extra]), np.concatenate([y, np.zeros(extra.size)])
+                w = None if w is None else np.concatenate([w, np.ones(extra.size)])
+            shifted = self.prior.transform(self.temperature.transform(z))
+            self.affine = DeploymentAffine(deployment_prevalence).fit(shifted, y, w)
         return self
 
     def transform(self, logits, prevalence: str = "deployment") -> np.ndarray:
@@ -218,7 +339,8 @@ class ClassifierCalibrator:
         if prevalence == "calibration":
             return z
         if prevalence == "deployment":
-            return self.prior.transform(z)
+            shifted = self.prior.transform(z)
+            return shifted if self.affine is None else self.affine.transform(shifted)
         raise ValueError(f"ClassifierCalibrator.transform: prevalence must be 'calibration' or 'deployment', "
                          f"got {prevalence!r}")
 
@@ -228,11 +350,13 @@ class ClassifierCalibrator:
 
     def to_dict(self) -> dict:
         return {"kind": "ClassifierCalibrator", "version": 1, "temperature": self.temperature.to_dict(),
-                "prior_shift": None if self.prior is None else self.prior.to_dict()}
+                "prior_shift": None if self.prior is None else self.prior.to_dict(),
+                "deployment_affine": None if self.affine is None else self.affine.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierCalibrator":
         _check_kind(d, "ClassifierCalibrator")
-        prior = d.get("prior_shift")
+        prior, affine = d.get("prior_shift"), d.get("deployment_affine")
         return cls(temperature=BinaryTemperatureScaling.from_dict(d["temperature"]),
-                   prior=None if prior is None else PriorShift.from_dict(prior))
+                   prior=None if prior is None else PriorShift.from_dict(prior),
+                   affine=None if affine is None else DeploymentAffine.from_dict(affine))

@@ -10,8 +10,10 @@ from calipers.stages.specz import ActiveSpecZSelect, ShiftWeights, SpecSelection
 from calipers.stages.sbi import SBIGate, SBIPosterior, SBIPosteriorSacc, SBITrain, Simulate, SimulateCl
 from calipers.stages.cosmology import NZEstimate, NZGate, TheoryCl, TomographicBinning
 from calipers.stages.sensitivity import SensitivityGate
-from calipers.stages.lens import (ClassifierApplyCalibration, ClassifierCalibrate, ClassifierGate, LensCutouts,
-                                  LensReport, LensScore, LensSelectionFunction, LensSimulate, LensTrain)
+from calipers.stages.lens import (ClassifierApplyCalibration, ClassifierCalibrate, ClassifierCalibrateWithNegatives,
+                                  ClassifierGate, LensCutouts, LensReport, LensScore, LensSelectionFunction,
+                                  LensSimulate, LensTrain)
 
-__all__ = ["LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate", "ClassifierApplyCalibration",
+__all__ = ["LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",
+           "ClassifierCalibrateWithNegatives", "ClassifierApplyCalibration",
            "LensSelectionFunction", "ClassifierGate", "LensReport", "SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl", "CatalogCut", "CatalogSplit", "SpecSelection", "ShiftWeights", "ActiveSpecZSelect", "NZEstimate", "NZGate", "TheoryCl", "TomographicBinning", "SensitivityGate", "ShiftTest", "PhotozReport", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]

@@ -329,8 +329,10 @@ def _fused(pred, method: str) -> np.ndarray:
 class ClassifierCalibrate(CalipersStage):
     """Fit the calibration of a classifier's logits on a labelled calibration set: the member fusion
     (plain mean, or inverse Monte-Carlo-variance weighting kept only if its AUROC on this set is
-    higher), temperature scaling, and the prior shift to the deployment prevalence. Writes the
-    calibrator (JSON) and a report with the reliability diagrams before and after."""
+    higher), temperature scaling, and the prior shift to the deployment prevalence, optionally
+    followed by an affine map fitted at the deployment prevalence (``deployment_fit: affine``, see
+    :class:`calipers.calibrate.classification.DeploymentAffine`). Writes the calibrator (JSON) and a
+    report with the reliability diagrams before and after."""
 
     name = "ClassifierCalibrate"
     parallel = False
@@ -342,6 +344,8 @@ class ClassifierCalibrate(CalipersStage):
         "fusion": Param(str, "auto", msg="Member fusion: mean, inverse_variance, or auto (inverse_variance only if "
                                          "its AUROC on the calibration set beats the mean's)"),
         "n_bins": Param(int, 15, msg="Equal-mass bins of the ECE / reliability diagram"),
+        "deployment_fit": Param(str, "prior_shift", msg="prior_shift (Bayes' rule only) or affine (then a slope "
+                                                        "and offset fitted at the deployment prevalence)"),
     }
 
     def validate(self):
@@ -350,6 +354,13 @@ class ClassifierCalibrate(CalipersStage):
             raise ConfigError(f"stage {self.instance_name}: deployment_prevalence must be in (0, 1)")
         if c["fusion"] not in ("auto", "mean", "inverse_variance"):
             raise ConfigError(f"stage {self.instance_name}: fusion must be auto, mean or inverse_variance")
+        if c["deployment_fit"] not in ("prior_shift", "affine"):
+            raise ConfigError(f"stage {self.instance_name}: deployment_fit must be prior_shift or affine, "
+                              f"got {c['deployment_fit']!r}")
+
+    def _extra_negatives(self, fusion: str):
+        """Raw fused logits of further negatives for the deployment fit (none here)."""
+        return None
 
     def process(self):
         from calipers.calibrate.classification import ClassifierCalibrator
@@ -376,7 +387,9 @@ class ClassifierCalibrate(CalipersStage):
             if fusion not in candidates:
                 raise FileFormatError(f"{path}: fusion {fusion!r} needs member_logit_var and several members")
         raw = candidates[fusion]
-        cal = ClassifierCalibrator().fit(raw, labels, deployment_prevalence=c["deployment_prevalence"])
+        extra = self._extra_negatives(fusion)
+        cal = ClassifierCalibrator().fit(raw, labels, deployment_prevalence=c["deployment_prevalence"],
+                                         deployment_fit=c["deployment_fit"], extra_negative_logits=extra)
         after = cal.transform(raw, prevalence="calibration")
         before_err = cls.calibration_errors(cls.sigmoid(raw), labels, n_bins=c["n_bins"])
         after_err = cls.calibration_errors(cls.sigmoid(after), labels, n_bins=c["n_bins"])
@@ -386,11 +399,50 @@ class ClassifierCalibrate(CalipersStage):
                    "calibration_prevalence": float(labels.mean()), "deployment_prevalence": c["deployment_prevalence"],
                    "ece_before": before_err["ece"], "ece_after": after_err["ece"],
                    "nll_before": float(cls.binary_nll(cls.sigmoid(raw), labels)),
-                   "nll_after": float(cls.binary_nll(cls.sigmoid(after), labels)), "n": int(len(labels))}
+                   "nll_after": float(cls.binary_nll(cls.sigmoid(after), labels)), "n": int(len(labels)),
+                   "deployment_fit": c["deployment_fit"], "n_extra_negatives": 0 if extra is None else int(extra.size)}
+        if cal.affine is not None:
+            summary |= {"deployment_slope": cal.affine.slope, "deployment_offset": cal.affine.offset,
+                        "deployment_nll_prior_shift": cal.affine.nll_before,
+                        "deployment_nll_affine": cal.affine.nll_after}
         write_classifier_calibrator(self.output_path("calibrator"), fusion, cal, summary, self.provenance())
         fig = cplots.reliability_diagram([before_err, after_err], ["before (fused logit)", "after temperature"])
         write_report(self.output_path("calibration_report"), "Classifier calibration", summary, [],
                      {"reliability": fig}, provenance=self.provenance())
+
+
+class ClassifierCalibrateWithNegatives(ClassifierCalibrate):
+    """:class:`ClassifierCalibrate` with a second, negatives-only input pooled into the deployment
+    fit (``deployment_fit: affine``, the default here). At a deployment prevalence of 1e-3 the fit is
+    ruled by the negatives' top tail; a 1:3 calibration set holds a few negatives there, a large
+    natural-mix negative set (disjoint from the sets the gate and the selection function judge)
+    holds enough. Temperature and fusion are still fitted on the calibration set alone."""
+
+    name = "ClassifierCalibrateWithNegatives"
+    inputs = [("calibration_predictions", ClassPredictionsFile), ("negative_predictions", ClassPredictionsFile)]
+    config_options = ClassifierCalibrate.config_options | {
+        "deployment_fit": Param(str, "affine", msg="affine (a slope and offset fitted at the deployment prevalence "
+                                                   "on both inputs); prior_shift ignores the negatives"),
+    }
+
+    def validate(self):
+        super().validate()
+        if self.config["deployment_fit"] != "affine":
+            raise ConfigError(f"stage {self.instance_name}: the negatives are used only by deployment_fit: affine")
+
+    def _extra_negatives(self, fusion: str):
+        from calipers.core.class_predictions import read_class_predictions
+
+        path = self.input_path("negative_predictions")
+        pred = read_class_predictions(path)
+        labels = pred.labels(path)
+        rows = np.flatnonzero(labels != 0)
+        if rows.size:
+            raise FileFormatError(f"{path}: column label must be 0 for a negatives-only set; {rows.size} row(s) are "
+                                  f"not, first at row {rows[0]}")
+        if fusion == "inverse_variance" and pred.member_logit_var is None:
+            raise FileFormatError(f"{path}: the fusion is inverse_variance but the file has no member_logit_var")
+        return _fused(pred, fusion)
 
 
 class ClassifierApplyCalibration(CalipersStage):
