@@ -11,6 +11,8 @@ Runs ``pipelines/lens.yml`` (sizes from ``stages/lens.yml``, or scaled down with
   same images;
 - ``members``: each member's AUROC (dihedral-averaged) against the ensemble's;
 - ``fusion``: mean against inverse-MC-variance fusion on the calibration and test sets;
+- ``deployment_calibration``: the slope and offset fitted at the deployment prevalence (with the
+  30,000 calibration negatives) and the deployment-mixture NLL before and after;
 - ``diversity``: correlation of member logits, disagreement near the threshold;
 - ``selection_function``: completeness per PSF-FWHM bin (and the other strata), the FPR per
   contaminant class, the largest interval half-width of bins with >= 200 lenses, and whether the
@@ -146,6 +148,10 @@ def analyse(out: str) -> None:
     cal_spec = read_json_object(os.path.join(data, "calibrator.json"))
     emit({"benchmark": "lens", "what": "fusion", "chosen": cal_spec["fusion"],
           "temperature": cal_spec["fit"].get("temperature"), **fus})
+    emit({"benchmark": "lens", "what": "deployment_calibration",
+          **{k: cal_spec["fit"].get(k) for k in ("deployment_prevalence", "deployment_fit", "n_extra_negatives",
+                                                 "deployment_slope", "deployment_offset",
+                                                 "deployment_nll_prior_shift", "deployment_nll_affine")}})
     sf = read_json_object(os.path.join(data, "selection_function", "selection_function.json"))
     emit({"benchmark": "lens", "what": "diversity",
           **ensemble_diversity(test.member_logits, threshold=float(sf["threshold"]))})
