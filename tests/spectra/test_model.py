@@ -1,0 +1,85 @@
+"""The log g network: inputs, the Gaussian head, training on a toy linear spectrum, determinism,
+the ridge residual form, the mixture moments against their closed form."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from calipers.spectra.model import (SpectrumNetConfig, SpectrumShapeError, SpectrumTrainConfig, mixture_moments,
+                                    predict_members, ridge_fit, spectrum_features, train_member)
+
+N_PIX = 256
+
+
+def toy_spectra(n, seed=0):
+    """Continuum 1 with one absorption line whose depth is linear in the label."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(1.0, 5.0, n)
+    pix = np.arange(N_PIX)
+    line = np.exp(-0.5 * ((pix - 128) / 3.0) ** 2)
+    return 1.0 - 0.1 * y[:, None] * line[None, :], y
+
+
+def toy_noise(clean, snr, rng):
+    sigma = clean / snr[:, None]
+    noisy = clean + sigma * rng.normal(size=clean.shape)
+    return noisy, 1.0 / (np.abs(noisy) / snr[:, None]) ** 2  # ivar from the noisy flux
+
+
+SMALL = SpectrumNetConfig(n_pix=N_PIX, channels=(4, 8), kernel_size=5, stem_stride=2, hidden=16, dropout=0.0)
+FAST = SpectrumTrainConfig(max_epochs=6, patience=6, batch_size=32, learning_rate=5e-3, snr_range=(20.0, 50.0))
+
+
+def test_features_and_their_errors():
+    clean, _ = toy_spectra(4)
+    f, i = toy_noise(clean, np.full(4, 10.0), np.random.default_rng(1))
+    x = spectrum_features(2.0 * f, i / 4.0)  # the scale of the flux drops out of both channels
+    np.testing.assert_allclose(x, spectrum_features(f, i), rtol=1e-6)
+    np.testing.assert_allclose(np.median(x[:, 0], axis=1), 1.0)
+    i_bad = i.copy()
+    i_bad[2, 7] = 0.0
+    with pytest.raises(ValueError, match="ivar.*row 2, pixel 7"):
+        spectrum_features(f, i_bad)
+    with pytest.raises(SpectrumShapeError):
+        spectrum_features(f, i[:, :10])
+
+
+def test_ridge_matches_its_normal_equations_in_both_forms():
+    rng = np.random.default_rng(2)
+    for n, p in ((50, 10), (10, 50)):  # primal and dual solves
+        x, y = rng.normal(size=(n, p)), rng.normal(size=n)
+        w, b = ridge_fit(x, y, alpha=0.7)
+        xc = x - x.mean(0)
+        grad = xc.T @ (xc @ w - (y - y.mean())) + 0.7 * w  # stationarity of the penalised loss
+        np.testing.assert_allclose(grad, 0.0, atol=1e-9)
+        assert b == pytest.approx(y.mean() - x.mean(0) @ w)
+
+
+def test_mixture_moments_closed_form():
+    means = np.array([[0.0, 1.0], [2.0, 1.0]])
+    sigmas = np.array([[1.0, 0.5], [1.0, 0.5]])
+    m, s = mixture_moments(means, sigmas)
+    np.testing.assert_allclose(m, [1.0, 1.0])
+    np.testing.assert_allclose(s, [np.sqrt(2.0), 0.5])  # 1 + (0 + 4) / 2 - 1 = 2
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_member_learns_a_linear_line_depth_and_is_deterministic(residual):
+    torch.set_num_threads(1)
+    clean, y = toy_spectra(400)
+    net = SpectrumNetConfig(**{**SMALL.to_dict(), "residual_on_linear": residual})
+    state, hist = train_member(clean, y, toy_noise, net, FAST, seed=3)
+    again, _ = train_member(clean, y, toy_noise, net, FAST, seed=3)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert hist.best_epoch >= 0 and len(hist.val_nll) == len(hist.train_loss) >= 1
+    test_clean, y_test = toy_spectra(200, seed=9)
+    f, i = toy_noise(test_clean, np.full(200, 30.0), np.random.default_rng(4))
+    means, sigmas = predict_members([state], net, f, i)
+    assert means.shape == sigmas.shape == (1, 200) and np.all(sigmas > 0)
+    rmse = np.sqrt(np.mean((means[0] - y_test) ** 2))
+    assert rmse < 0.5 * y_test.std(), rmse  # it learnt the label (an untrained net is at ~1 std)
+    if residual:
+        assert float(state["ridge_w"].abs().sum()) > 0
+    with pytest.raises(SpectrumShapeError, match="pixels"):
+        predict_members([state], net, f[:, :100], i[:, :100])
