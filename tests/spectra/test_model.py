@@ -83,3 +83,36 @@ def test_member_learns_a_linear_line_depth_and_is_deterministic(residual):
         assert float(state["ridge_w"].abs().sum()) > 0
     with pytest.raises(SpectrumShapeError, match="pixels"):
         predict_members([state], net, f[:, :100], i[:, :100])
+
+
+def test_width_model_recovers_a_known_noise_law_exactly_in_expectation():
+    from calipers.spectra.baselines import LOG_CHI2_1_MEAN, LogResidualWidth
+
+    assert LOG_CHI2_1_MEAN == pytest.approx(-1.2703628454614782, rel=1e-12)  # psi(1/2) + log 2
+    rng = np.random.default_rng(5)
+    snr = np.exp(rng.uniform(np.log(3), np.log(30), 200_000))
+    sigma = 2.0 / snr  # sigma = 2 snr^-1: c0 = log 4, c1 = -2
+    width = LogResidualWidth().fit(sigma * rng.normal(size=snr.size), snr)
+    assert width.coef[1] == pytest.approx(-2.0, abs=0.02)
+    np.testing.assert_allclose(width.predict([5.0, 20.0]), [0.4, 0.1], rtol=0.03)
+
+
+@pytest.mark.parametrize("name", ["ridge", "gbm"])
+def test_baselines_give_a_mean_and_a_width(name):
+    from calipers.spectra.baselines import GBMLogg, RidgeLogg
+
+    clean, y = toy_spectra(600)
+    rng = np.random.default_rng(6)
+    f, i = toy_noise(clean, np.exp(rng.uniform(np.log(10), np.log(40), 600)), rng)
+    model = RidgeLogg(alpha=1e-2) if name == "ridge" else GBMLogg(rebin=4, n_estimators=100, n_jobs=1)
+    model.fit(f, i, y)
+    tc, ty = toy_spectra(300, seed=7)
+    for snr in (10.0, 40.0):
+        tf, ti = toy_noise(tc, np.full(300, snr), np.random.default_rng(8))
+        mean, sigma = model.predict(tf, ti)
+        rmse = np.sqrt(np.mean((mean - ty) ** 2))
+        assert rmse < 0.5 * ty.std()
+        # the width model's sigma is the right size for the residuals it describes
+        assert 0.6 < np.median(sigma) / rmse < 1.6, (snr, np.median(sigma), rmse)
+    with pytest.raises(RuntimeError, match="before fit"):
+        (RidgeLogg() if name == "ridge" else GBMLogg()).predict(tf, ti)
