@@ -65,9 +65,10 @@ ch. 8-11 and 16; D. Mihalas, *Stellar Atmospheres*)
   formula with a Gaunt factor 0.8), TiO bands (red-degraded heads of the gamma 0-0 at 7054/7088/7126,
   gamma 0-1 at 7589/7666/7672, delta 1-0 at 8206, epsilon 0-0 at 8432/8442/8452 and delta 0-0 at 8860 A;
   molecular Saha equilibrium Ti + O <-> TiO with D0 = 6.87 eV and oxygen not bound in CO, evaluated at
-  the grey boundary temperature T0 = 2^(-1/4) Teff where molecules form (at Teff itself TiO would be
-  ~50x too weak in early M stars) and the layer's pressures, so TiO grows with pressure, metallicity
-  and falling Teff; smooth band envelopes without rotational structure), and
+  T = 0.9 Teff (the grey-atmosphere temperature at tau ~ 0.2, where the bands form: at Teff itself TiO
+  would be ~30x too weak in early M stars; 0.9 gives a 7054 A head depth of ~0.5 at 3750 K and
+  ~0.2 at 4000 K for log g 4.5, nothing at 6000 K) and the layer's pressures, so TiO grows with
+  pressure, metallicity and falling Teff; smooth band envelopes without rotational structure), and
   ``n_forest_lines`` weak lines at seeded random positions, of seeded random species (Fe I, Fe II, Ti I,
   Ti II, Si I, Ca I, Ni I, Cr I, Mg I, Al I, C I, Na I) and excitation potentials, with log gf set so the
   line-centre opacity ratio of a reference giant (4750 K, log g 2.5, [M/H] 0) is log-uniform in
@@ -124,6 +125,7 @@ HMINUS_FF_FACTOR = 1.3  # (bf + ff) / bf near 8000 A for 4000-6000 K
 STARK_CONSTANT = 0.75 * 2.61 * E_CHARGE ** 2 * A_BOHR / H_PLANCK  # Hz cm^2: half-width per (n_u^2 - n_l^2) n_e^(2/3)
 HYDROGEN_GAUNT = 0.8
 WEIDEMAN_TERMS = 24
+NEWTON_STEPS = 40  # electron-pressure solve; quadratic convergence after <= 10 steps in 3000-8000 K
 
 # ----------------------------------------------------------------------------- atomic data
 # name: (log eps (H = 12), I_1 [eV], I_2 [eV], U_0, U_1, U_2, mass [amu], scales with [M/H])
@@ -234,7 +236,7 @@ TIO_DISSOCIATION_EV = 6.87
 TIO_ROTATION_CM = 0.535  # B, cm^-1
 TIO_VIBRATION_CM = 1009.0  # omega_e, cm^-1
 TIO_ELECTRONIC_WEIGHT = 6.0  # X 3Delta
-MOLECULE_TEMPERATURE_RATIO = 2.0 ** -0.25  # molecules form near the grey boundary temperature T0 = 0.84 Teff
+MOLECULE_TEMPERATURE_RATIO = 0.9  # TiO forms higher up: the grey-atmosphere temperature at tau ~ 0.2
 
 # forest species: (element, stage, weight, excitation range [eV])
 FOREST_SPECIES: tuple[tuple[str, int, float, tuple[float, float]], ...] = (
@@ -786,18 +788,18 @@ class SpectrumModel:
         with torch.no_grad():
             args = (ln_phi.detach(), abund.detach(), ln_c.detach())
             ln_pe = 0.5 * (ln_c.detach() + math.log(1e-4))
-            for _ in range(60):
+            # a fixed number of steps (no early exit on the batch's worst star), so each star's result
+            # does not depend on which other stars share its batch
+            for _ in range(NEWTON_STEPS):
                 f = self._charge_residual(ln_pe, *args, h_index)
                 eps = 1e-6
                 df = (self._charge_residual(ln_pe + eps, *args, h_index)
                       - self._charge_residual(ln_pe - eps, *args, h_index)) / (2 * eps)
                 step = torch.clamp(f / df, -2.0, 2.0)
                 ln_pe = ln_pe - step
-                if float(step.abs().max()) < 1e-13:
-                    break
-            else:
-                logger.warning("SpectrumModel: electron-pressure solve stopped at |step| = %.2g",
-                               float(step.abs().max()))
+            if float(step.abs().max()) > 1e-10:
+                raise RuntimeError(f"SpectrumModel: the electron-pressure solve did not converge (last Newton step "
+                                   f"{float(step.abs().max()):.2g} in ln P_e); labels far outside the model's range?")
             df = (self._charge_residual(ln_pe + 1e-6, *args, h_index)
                   - self._charge_residual(ln_pe - 1e-6, *args, h_index)) / 2e-6
         ln_pe = ln_pe - self._charge_residual(ln_pe, ln_phi, abund, ln_c, h_index) / df
@@ -1101,19 +1103,31 @@ def simulate_spectra(config: SpectraSimConfig, n: int, seed: int, snr: float, st
     progress : show a tqdm bar over chunks.
     """
     n = _number("n", n, int, 0)
+    start = _number("start", start, int, 0)
     if model is None:
         model = SpectrumModel(config)
     elif model.config != config:
         raise ValueError("simulate_spectra: the model was built for a different SpectraSimConfig")
+    _number("snr", snr, float, 0.0, low_open=True)
     labels = draw_labels(config, n, seed, start)
-    chunks = range(0, n, config.chunk_size)
+    # The model runs on chunks aligned to the start of each block, so a spectrum is always computed in
+    # the same batch (vectorised float kernels round the tail of a batch differently, at the 1-ulp level).
+    bs, cs = config.block_size, config.chunk_size
+    jobs = []
+    for b, lo, hi in _blocks(start, n, bs):
+        for c0 in range((lo // cs) * cs, hi, cs):
+            c1 = min(c0 + cs, bs)
+            jobs.append((b, c0, c1, max(lo, c0), min(hi, c1)))
     if progress:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        chunks = tqdm(chunks, desc="simulating spectra", unit="chunk")
-    theta = torch.as_tensor(labels, dtype=torch.float32)
+        jobs = tqdm(jobs, desc="simulating spectra", unit="chunk")
+    parts = []
     with torch.no_grad():
-        parts = [model.flux(theta[i:i + config.chunk_size]).numpy() for i in chunks]
+        for b, c0, c1, r0, r1 in jobs:
+            chunk_labels = draw_labels(config, c1 - c0, seed, b * bs + c0)
+            flux = model.flux(torch.as_tensor(chunk_labels, dtype=torch.float32)).numpy()
+            parts.append(flux[r0 - c0:r1 - c0])
     clean = np.concatenate(parts) if parts else np.zeros((0, config.n_pix), np.float32)
     noisy, ivar = model.add_noise(clean, snr, seed, start)
     return SpectrumSet(model.wavelength.copy(), noisy, ivar, labels, float(snr),
