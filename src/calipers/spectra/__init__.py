@@ -13,6 +13,8 @@ fisher
     autograd, per-star Fisher matrices (optionally with continuum scale and tilt nuisances),
     the marginal Cramer-Rao bound, its prior-aware (Bayesian) form, and R^2_max per S/N.
 
+The family's regression models and baselines live in their own modules (see their docstrings).
+
 Nothing is imported here, so ``import calipers.spectra`` stays light; import the module you
 need, e.g. ``from calipers.spectra.simulate import SpectrumModel``.
 """
