@@ -61,6 +61,13 @@ class ImageSetFile(HDFFile):
     suffix = "hdf5"
 
 
+class SpectrumSetFile(HDFFile):
+    """A spectrum set: ``flux`` (N, n_pix), ``ivar`` (same), optional noise-free ``model_flux``,
+    ``wavelength`` (n_pix,) and a ``meta`` group of columns (:mod:`calipers.core.spectrum_sets`)."""
+
+    suffix = "hdf5"
+
+
 class ClassPredictionsFile(HDFFile):
     """Class probabilities: ``logit[N]``, ``prob[N]``, ``member_logits[M, N]``, ``member_logit_var[M, N]``
     and the images' metadata in ``meta`` (:mod:`calipers.core.class_predictions`)."""
