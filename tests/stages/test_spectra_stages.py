@@ -259,3 +259,21 @@ def test_fisher_bound_refuses_bad_sets_and_writes_nothing(ceiling, tmp_path, cas
     for path in outputs.values():
         assert not path.exists() and not inprogress(path).exists()
     assert not leftovers(tmp_path)
+
+
+def test_shipped_stage_configuration_is_valid(tmp_path):
+    """stages/spectra.yml: every section reads (strict keys and types) and its simulator is valid."""
+    from pathlib import Path
+
+    from calipers.stages.spectra import FisherBound, SpectraSimulate
+
+    shipped = Path(__file__).resolve().parents[2] / "stages" / "spectra.yml"
+    sections = yaml.safe_load(shipped.read_text())
+    SpectraSimConfig.from_dict(sections["global"]["simulator"])
+    for name, cls in (("SpectraSimulateTrain", SpectraSimulate), ("SpectraSimulateTest", SpectraSimulate),
+                      ("FisherBound", FisherBound)):
+        outputs = {tag: str(tmp_path / tag) for tag, _ in cls.outputs}
+        inputs = {tag: str(tmp_path / tag) for tag, _ in cls.inputs}
+        stage = cls({"config": str(shipped), "name": name} | inputs | outputs)
+        stage.validate()
+    assert stage.config["prior"] == "gaussian"
