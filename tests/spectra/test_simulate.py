@@ -277,3 +277,20 @@ def test_spectrum_set_checks_shapes():
         SpectrumSet(w, np.zeros((2, 5)), np.zeros((2, 4)), np.zeros((2, 3)), 5.0)
     s = SpectrumSet(w, np.zeros((2, 5)), np.ones((2, 5)), np.zeros((2, 3)), 5.0)
     assert len(s.take([1])) == 1
+
+
+def test_add_noise_takes_one_snr_per_row():
+    from calipers.spectra.simulate import SpectraSimConfig, SpectrumModel, simulate_spectra
+
+    cfg = SpectraSimConfig(n_pix=512, wavelength_min=8400.0, wavelength_max=8700.0, n_forest_lines=20)
+    model = SpectrumModel(cfg)
+    clean = simulate_spectra(cfg, 4, seed=1, snr=10.0, model=model, keep_model_flux=True).model_flux
+    per_row = model.add_noise(clean, np.array([5.0, 5.0, 20.0, 20.0]), seed=3)
+    at5, at20 = model.add_noise(clean, 5.0, seed=3), model.add_noise(clean, 20.0, seed=3)
+    for k in range(2):  # the same rows as the scalar calls (common random numbers per row)
+        np.testing.assert_array_equal(per_row[k][:2], at5[k][:2])
+        np.testing.assert_array_equal(per_row[k][2:], at20[k][2:])
+    with pytest.raises(ValueError, match="first at row 1"):
+        model.add_noise(clean, np.array([5.0, -1.0, 5.0, 5.0]), seed=3)
+    with pytest.raises(ValueError, match="one value per spectrum"):
+        model.noise_variance(clean, np.array([5.0, 5.0]))

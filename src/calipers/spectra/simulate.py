@@ -955,10 +955,20 @@ class SpectrumModel:
         """Sky flux per pixel (float64, n_pix) in units of the star's mean continuum."""
         return self._sky.copy()
 
-    def _exposure(self, flux: np.ndarray, snr: float) -> np.ndarray:
-        snr = _number("snr", snr, float, 0.0, low_open=True)
+    def _exposure(self, flux: np.ndarray, snr) -> np.ndarray:
         if flux.ndim != 2 or flux.shape[1] != self.config.n_pix:
             raise ValueError(f"flux must have shape (N, {self.config.n_pix}), got {flux.shape}")
+        if np.ndim(snr) == 0:
+            snr = _number("snr", snr, float, 0.0, low_open=True)
+        else:  # one S/N per row
+            snr = np.asarray(snr, dtype=np.float64)
+            if snr.shape != (flux.shape[0],):
+                raise ValueError(f"snr must be a number or one value per spectrum ({flux.shape[0]}), got shape "
+                                 f"{snr.shape}")
+            bad = np.flatnonzero(~(np.isfinite(snr) & (snr > 0)))
+            if bad.size:
+                raise ValueError(f"snr must be finite and > 0; {bad.size} value(s) are not, first at row {bad[0]} "
+                                 f"({snr[bad[0]]!r})")
         if not np.all(np.isfinite(flux)) or np.any(flux < 0):
             raise ValueError("flux must be finite and non-negative (a noise-free model flux)")
         per_pix = flux / np.sqrt(flux + self._sky[None])
@@ -967,25 +977,26 @@ class SpectrumModel:
             raise ValueError("flux has a non-positive median S/N shape (all-zero spectrum?)")
         return (snr / med) ** 2
 
-    def noise_variance(self, flux: np.ndarray | torch.Tensor, snr: float) -> np.ndarray:
+    def noise_variance(self, flux: np.ndarray | torch.Tensor, snr) -> np.ndarray:
         """Expected noise variance per pixel (float64, (N, n_pix)) of noise-free spectra ``flux`` observed
-        at median per-pixel S/N ``snr``: (f + sky) / c with c the exposure scale of each star."""
+        at median per-pixel S/N ``snr`` (a number, or one per spectrum): (f + sky) / c with c the exposure
+        scale of each star."""
         flux = _as_numpy(flux)
         c = self._exposure(flux, snr)
         return (flux + self._sky[None]) / c[:, None]
 
-    def expected_ivar(self, flux: np.ndarray | torch.Tensor, snr: float) -> np.ndarray:
+    def expected_ivar(self, flux: np.ndarray | torch.Tensor, snr) -> np.ndarray:
         """1 / :meth:`noise_variance`: the inverse variance the Fisher bound uses."""
         return 1.0 / self.noise_variance(flux, snr)
 
-    def add_noise(self, flux: np.ndarray | torch.Tensor, snr: float, seed: int, start: int = 0
+    def add_noise(self, flux: np.ndarray | torch.Tensor, snr, seed: int, start: int = 0
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Noisy spectra and the ivar a pipeline would estimate from them.
 
         Parameters
         ----------
         flux : (N, n_pix) noise-free spectra, rows ``start .. start + N - 1`` of a seeded sequence.
-        snr : median per-pixel S/N of each star.
+        snr : median per-pixel S/N of each star (a number, or an array with one value per row).
         seed : noise seed; the standard normals of spectrum ``i`` come from block ``i // block_size`` of
             ``numpy.random.default_rng([seed, 1, block])`` alone (the same for every S/N, so noise draws at
             different S/N are common random numbers).

@@ -167,10 +167,7 @@ class SpectraSimulate(CalipersStage):
         if c["snr_distribution"] == "log_uniform":
             lo, hi = math.log(snrs[0]), math.log(snrs[1])
             snr = np.exp(lo + _block_uniform(seed, 2, first, n, cfg.block_size) * (hi - lo))
-            flux = np.empty_like(clean)
-            ivar = np.empty_like(clean)
-            for i in range(n):  # the simulator's add_noise takes one S/N per call
-                flux[i:i + 1], ivar[i:i + 1] = model.add_noise(clean[i:i + 1], float(snr[i]), seed, first + i)
+            flux, ivar = model.add_noise(clean, snr, seed, first)  # one S/N per star
             rows = np.arange(n)
         else:
             k = len(snrs)
