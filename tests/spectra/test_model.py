@@ -114,5 +114,27 @@ def test_baselines_give_a_mean_and_a_width(name):
         assert rmse < 0.5 * ty.std()
         # the width model's sigma is the right size for the residuals it describes
         assert 0.6 < np.median(sigma) / rmse < 1.6, (snr, np.median(sigma), rmse)
+    # the state round trip (plain arrays and numbers, the booster as text) gives the same predictions
+    if name == "ridge":
+        params, arrays = model.state()
+        again = RidgeLogg.from_state(params, arrays)
+    else:
+        params, text = model.state()
+        assert isinstance(text, str) and text.startswith("tree")
+        again = GBMLogg.from_state(params, text)
+    for got, want in zip(again.predict(tf, ti), model.predict(tf, ti)):
+        np.testing.assert_array_equal(got, want)
     with pytest.raises(RuntimeError, match="before fit"):
         (RidgeLogg() if name == "ridge" else GBMLogg()).predict(tf, ti)
+    with pytest.raises(RuntimeError, match="before fit"):
+        (RidgeLogg() if name == "ridge" else GBMLogg()).state()
+
+
+def test_configs_round_trip_through_plain_dicts():
+    net = SpectrumNetConfig(n_pix=512, channels=(4, 8), residual_on_linear=True)
+    train = SpectrumTrainConfig(max_epochs=3, snr_range=(5, 50))
+    assert SpectrumNetConfig.from_dict(net.to_dict()) == net
+    assert SpectrumTrainConfig.from_dict(train.to_dict()) == train
+    assert train.to_dict()["snr_range"] == [5.0, 50.0] and net.to_dict()["channels"] == [4, 8]
+    with pytest.raises(ValueError, match="unknown option.*'epochs'"):
+        SpectrumTrainConfig.from_dict({"epochs": 3})

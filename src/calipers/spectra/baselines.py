@@ -14,7 +14,9 @@ part: the calibration stage corrects what is left).
   equivalent widths).
 
 Both have ``fit(flux, ivar, labels)`` and ``predict(flux, ivar) -> (mean, sigma)``, and split the
-labelled spectra into a mean part and a width part by a seeded permutation.
+labelled spectra into a mean part and a width part by a seeded permutation; ``state()`` /
+``from_state()`` turn a fitted model into plain values (arrays, JSON-able numbers, the LightGBM
+booster's text format) and back, for model files that load without executing code.
 Arrays in, arrays out; no file is opened here.
 """
 from __future__ import annotations
@@ -65,6 +67,13 @@ class LogResidualWidth:
         return np.exp(0.5 * (self.coef[0] + self.coef[1] * np.log(s)))
 
 
+def _width_from(coef) -> LogResidualWidth:
+    values = [float(c) for c in coef]
+    if len(values) != 2 or not all(np.isfinite(values)):
+        raise ValueError(f"width coefficients must be two finite numbers, got {coef!r}")
+    return LogResidualWidth(coef=(values[0], values[1]))
+
+
 def _split(n: int, width_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0 < width_fraction < 1:
         raise ValueError(f"width_fraction must be in (0, 1), got {width_fraction}")
@@ -100,6 +109,29 @@ class RidgeLogg:
             raise RuntimeError("RidgeLogg.predict called before fit")
         mean = self._x(flux, ivar) @ self.weights + self.intercept
         return mean, self.width.predict(median_snr(flux, ivar))
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(params, arrays)`` of a fitted model: JSON-able settings and width coefficients, and the
+        ``weights`` (n_pix,) and ``intercept`` () as float64 arrays; :meth:`from_state` inverts it."""
+        if self.weights is None or self.width.coef is None:
+            raise RuntimeError("RidgeLogg.state called before fit")
+        params = {"alpha": float(self.alpha), "width_fraction": float(self.width_fraction), "seed": int(self.seed),
+                  "width_coef": [float(c) for c in self.width.coef]}
+        return params, {"weights": np.asarray(self.weights, dtype=np.float64),
+                        "intercept": np.asarray(self.intercept, dtype=np.float64)}
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict) -> RidgeLogg:
+        """The fitted model :meth:`state` describes (a ValueError when a value is missing or unusable)."""
+        weights = np.asarray(arrays["weights"], dtype=np.float64)
+        intercept = np.asarray(arrays["intercept"], dtype=np.float64)
+        if weights.ndim != 1 or intercept.shape != () or not (np.all(np.isfinite(weights))
+                                                               and np.isfinite(intercept)):
+            raise ValueError(f"RidgeLogg: weights must be a finite 1-d array and intercept a finite number; got "
+                             f"shapes {weights.shape} and {intercept.shape}")
+        return cls(alpha=float(params["alpha"]), width_fraction=float(params["width_fraction"]),
+                   seed=int(params["seed"]), weights=weights, intercept=float(intercept),
+                   width=_width_from(params["width_coef"]))
 
 
 @dataclass
@@ -142,4 +174,36 @@ class GBMLogg:
     def predict(self, flux, ivar) -> tuple[np.ndarray, np.ndarray]:
         if self.booster is None:
             raise RuntimeError("GBMLogg.predict called before fit")
-        return self.booster.predict(self._x(flux, ivar)), self.width.predict(median_snr(flux, ivar))
+        mean = self.booster.predict(self._x(flux, ivar), num_threads=self.n_jobs)
+        return mean, self.width.predict(median_snr(flux, ivar))
+
+    def state(self) -> tuple[dict, str]:
+        """``(params, booster_text)`` of a fitted model: JSON-able settings and width coefficients, and the
+        booster as LightGBM's text format (``model_to_string``; never a pickle); :meth:`from_state`
+        inverts it."""
+        if self.booster is None or self.width.coef is None:
+            raise RuntimeError("GBMLogg.state called before fit")
+        params = {"rebin": int(self.rebin), "n_estimators": int(self.n_estimators),
+                  "learning_rate": float(self.learning_rate), "num_leaves": int(self.num_leaves),
+                  "width_fraction": float(self.width_fraction), "seed": int(self.seed),
+                  "width_coef": [float(c) for c in self.width.coef]}
+        return params, self.booster.model_to_string()
+
+    @classmethod
+    def from_state(cls, params: dict, booster_text: str, n_jobs: int = 1) -> GBMLogg:
+        """The fitted model :meth:`state` describes; the booster is parsed from its text
+        (``lightgbm.Booster(model_str=...)``), which runs no code."""
+        try:
+            import lightgbm
+        except ImportError as exc:  # an optional dependency: pip install "calipers[spectra]"
+            raise ImportError("GBMLogg needs lightgbm: pip install 'calipers[spectra]'") from exc
+        if not isinstance(booster_text, str) or not booster_text.startswith("tree"):
+            raise ValueError("GBMLogg: the booster is not LightGBM's text model format (it should start with 'tree')")
+        try:
+            booster = lightgbm.Booster(model_str=booster_text)
+        except lightgbm.basic.LightGBMError as err:
+            raise ValueError(f"GBMLogg: LightGBM cannot parse the booster text ({err})") from err
+        return cls(rebin=int(params["rebin"]), n_estimators=int(params["n_estimators"]),
+                   learning_rate=float(params["learning_rate"]), num_leaves=int(params["num_leaves"]),
+                   width_fraction=float(params["width_fraction"]), seed=int(params["seed"]), n_jobs=int(n_jobs),
+                   booster=booster, width=_width_from(params["width_coef"]))

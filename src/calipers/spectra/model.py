@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -47,6 +47,14 @@ NoiseFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarr
 
 class SpectrumShapeError(ValueError):
     """Spectra whose pixel count is not the one a model was built for."""
+
+
+def _known_keys(cls, values: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
+    return dict(values)
 
 
 def spectrum_features(flux, ivar) -> np.ndarray:
@@ -138,7 +146,13 @@ class SpectrumNetConfig:
         return length
 
     def to_dict(self) -> dict:
+        """A JSON-able dict (the channels as a list)."""
         return asdict(self) | {"channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SpectrumNetConfig:
+        """The config a :meth:`to_dict` dict describes; unknown keys are an error."""
+        return cls(**_known_keys(cls, values))
 
 
 class SpectrumNet(nn.Module):
@@ -213,6 +227,15 @@ class SpectrumTrainConfig:
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"SpectrumTrainConfig.validation_fraction must be in (0, 1), got "
                              f"{self.validation_fraction}")
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (the S/N range as a list)."""
+        return asdict(self) | {"snr_range": list(self.snr_range)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SpectrumTrainConfig:
+        """The config a :meth:`to_dict` dict describes; unknown keys are an error."""
+        return cls(**_known_keys(cls, values))
 
 
 @dataclass
