@@ -13,8 +13,8 @@ from calipers.stages.sensitivity import SensitivityGate
 from calipers.stages.lens import (ClassifierApplyCalibration, ClassifierCalibrate, ClassifierCalibrateWithNegatives,
                                   ClassifierGate, LensCutouts, LensReport, LensScore, LensSelectionFunction,
                                   LensSimulate, LensTrain)
-from calipers.stages.spectra import FisherBound, SpectraSimulate
+from calipers.stages.spectra import FisherBound, SpectraEstimate, SpectraSimulate, SpectraTrain
 
-__all__ = ["SpectraSimulate", "FisherBound", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",
+__all__ = ["SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",
            "ClassifierCalibrateWithNegatives", "ClassifierApplyCalibration",
            "LensSelectionFunction", "ClassifierGate", "LensReport", "SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl", "CatalogCut", "CatalogSplit", "SpecSelection", "ShiftWeights", "ActiveSpecZSelect", "NZEstimate", "NZGate", "TheoryCl", "TomographicBinning", "SensitivityGate", "ShiftTest", "PhotozReport", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]

@@ -1,9 +1,10 @@
-"""Stellar-spectra stages (issue 19): simulate PFS red-arm spectra at one or several S/N values, and
-measure the information ceiling of a log g regression on them (Fisher / Cramer-Rao bounds).
+"""Stellar-spectra stages (issue 19): simulate PFS red-arm spectra at one or several S/N values,
+measure the information ceiling of a log g regression on them (Fisher / Cramer-Rao bounds), train
+log g regressors (CNN deep ensemble, ridge, LightGBM) and apply them as qp ensembles.
 
-The science lives in :mod:`calipers.spectra` (simulator, Fisher bounds) and the figures in
-:mod:`calipers.validate.spectra_plots`; the files in :mod:`calipers.core.spectrum_sets`. These stages
-read, configure, parallelise and write.
+The science lives in :mod:`calipers.spectra` (simulator, Fisher bounds, models) and the figures in
+:mod:`calipers.validate.spectra_plots`; the files in :mod:`calipers.core.spectrum_sets` and
+:mod:`calipers.core.spectra_models`. These stages read, configure, parallelise and write.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import os
 import numpy as np
 
 from calipers.core.errors import ConfigError, FileFormatError
-from calipers.core.file_types import HDF5Catalog, ReportDir, SpectrumSetFile
+from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile, ReportDir, SpectrumSetFile
 from calipers.core.stage import CalipersStage, Param
 
 log = logging.getLogger(__name__)
@@ -487,3 +488,373 @@ class FisherBound(CalipersStage):
                               "simulator": cfg.to_dict()}}
         write_report(self.output_path("ceiling_report"), f"log g information ceiling (Fisher / CRLB, {form})",
                      summary, [], figures, provenance=self.provenance(), extra=extra)
+
+
+# ============================================================================ log g regressors
+
+DEVICE_OPTION = {"device": Param(str, "auto", msg="torch device: auto (a GPU when present), cpu, cuda or cuda:N")}
+REGRESSORS = ("cnn", "cnn_residual", "ridge", "lightgbm")
+MODEL_KIND = {"cnn": "cnn", "cnn_residual": "cnn", "ridge": "ridge", "lightgbm": "lightgbm"}
+NOISE_CHUNK = 1024  # rows per add_noise call when the training noise is redrawn (memory stays flat)
+LABEL_UNITS = "dex (log10 of g in cm s^-2)"
+
+
+def simulator_noise_fn(model):
+    """The ``noise_fn(clean, snr, rng) -> (flux, ivar)`` that :func:`calipers.spectra.model.train_member`
+    redraws the training noise with: the simulator's own noise model,
+    :meth:`SpectrumModel.add_noise <calipers.spectra.simulate.SpectrumModel.add_noise>` of ``model``,
+    with a fresh noise seed drawn from ``rng`` on every call. The ivar is the one a pipeline estimates
+    from the *noisy* flux (never the expected ivar of the noise-free flux, which would hand the network
+    the true spectrum through its sigma channel). Rows are drawn ``NOISE_CHUNK`` at a time with
+    start offsets, which gives exactly the draw of one call (the noise is seeded in blocks) with flat
+    memory."""
+    block = model.config.block_size
+    step = block * max(1, NOISE_CHUNK // block)
+
+    def noise_fn(clean: np.ndarray, snr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        seed = int(rng.integers(0, 2 ** 62))
+        snr = np.asarray(snr, dtype=np.float64)
+        flux = np.empty(clean.shape, dtype=np.float32)
+        ivar = np.empty(clean.shape, dtype=np.float32)
+        for s in range(0, clean.shape[0], step):
+            flux[s:s + step], ivar[s:s + step] = model.add_noise(clean[s:s + step], snr[s:s + step], seed, s)
+        return flux, ivar
+
+    return noise_fn
+
+
+class SpectraTrain(CalipersStage):
+    """Train a log g regressor on a labelled spectrum set (:mod:`calipers.spectra.model`,
+    :mod:`calipers.spectra.baselines`); every regressor gives a Gaussian per spectrum.
+
+    ``regressor``:
+
+    - ``cnn``: the 1-D CNN deep ensemble (``n_members`` members, member ``k`` with seed
+      ``seed * 1000 + k``). It trains on the set's **noise-free** spectra (``model_flux``) and redraws
+      the noise of every spectrum every epoch, at an S/N drawn log-uniformly in ``snr_range``, with the
+      simulator's own noise model rebuilt from the set's ``simulator`` attribute
+      (:func:`simulator_noise_fn`): the ivar channel always comes from the noisy flux. A set without
+      ``model_flux`` or without ``simulator`` is refused, naming the file.
+    - ``cnn_residual``: the same with the mean = a frozen ridge on the flux + the network's correction.
+    - ``ridge``, ``lightgbm``: the baselines, fitted on the set's stored noisy ``flux`` and ``ivar``
+      (a part ``validation_fraction`` of the spectra fits their width model).
+
+    Members may be spread over MPI ranks (member ``k`` on rank ``k mod size``; the model does not
+    depend on the number of ranks). Writes a model directory (:mod:`calipers.core.spectra_models`:
+    JSON + state dicts, or the LightGBM booster as text; checksummed; loads without executing code)
+    whose metadata holds a model card: training set, seeds, each member's history and training time,
+    the device, the configuration and provenance.
+    """
+
+    name = "SpectraTrain"
+    parallel = True
+    inputs = [("spectra", SpectrumSetFile)]
+    outputs = [("model", ModelDir)]
+    config_options = CalipersStage.config_options | DEVICE_OPTION | {
+        "regressor": Param(str, "cnn", msg="cnn (CNN deep ensemble), cnn_residual (ridge mean + CNN correction), "
+                                           "ridge or lightgbm (baselines on the stored noisy spectra)"),
+        "n_members": Param(int, 5, msg="CNN ensemble members (different seeds); ridge and lightgbm have one"),
+        "max_epochs": Param(int, 30, msg="CNN: largest number of epochs per member"),
+        "patience": Param(int, 5, msg="CNN: epochs without a better validation NLL before a member stops"),
+        "batch_size": Param(int, 128, msg="CNN: spectra per optimisation step"),
+        "learning_rate": Param(float, 2e-3, msg="CNN: peak AdamW learning rate (one-cycle schedule)"),
+        "weight_decay": Param(float, 1e-4, msg="CNN: AdamW weight decay"),
+        "validation_fraction": Param(float, 0.1, msg="Part of the spectra held out: the CNN's early-stopping split "
+                                                     "(one fixed noise draw), the baselines' width-model split"),
+        "snr_range": Param(list, [3.0, 20.0], msg="CNN: [low, high] median per-pixel S/N of the noise redrawn every "
+                                                  "epoch, log-uniform per spectrum"),
+        "channels": Param(list, [16, 32, 32, 64, 64], msg="CNN: output channels of each strided convolution"),
+        "kernel_size": Param(int, 7, msg="CNN: convolution kernel (odd)"),
+        "stem_stride": Param(int, 4, msg="CNN: stride of the first convolution (the others have 2)"),
+        "hidden": Param(int, 64, msg="CNN: units of the dense layer"),
+        "dropout": Param(float, 0.1, msg="CNN: dropout before the Gaussian head"),
+        "ridge_alpha": Param(float, 1.0, msg="Ridge penalty: the ridge regressor's, and cnn_residual's frozen linear "
+                                             "part (on the standardised label)"),
+        "gbm_rebin": Param(int, 8, msg="lightgbm: pixels averaged into one feature"),
+        "gbm_n_estimators": Param(int, 600, msg="lightgbm: boosting rounds"),
+        "gbm_learning_rate": Param(float, 0.05, msg="lightgbm: shrinkage"),
+        "gbm_num_leaves": Param(int, 31, msg="lightgbm: leaves per tree"),
+        "max_stars": Param(int, 0, msg="Use at most this many spectra (the first rows; 0 = all)"),
+    }
+
+    def _where(self) -> str:
+        return f"stage {self.instance_name}"
+
+    def _train_config(self):
+        from calipers.spectra.model import SpectrumTrainConfig
+
+        c = self.config
+        snr = c["snr_range"]
+        if len(snr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in snr):
+            raise ConfigError(f"{self._where()}: snr_range must be [low, high], got {snr!r}")
+        try:
+            return SpectrumTrainConfig(max_epochs=c["max_epochs"], patience=c["patience"], batch_size=c["batch_size"],
+                                       learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
+                                       validation_fraction=c["validation_fraction"], snr_range=tuple(snr),
+                                       ridge_alpha=c["ridge_alpha"])
+        except ValueError as err:
+            raise ConfigError(f"{self._where()}: {err}") from err
+
+    def _net_config(self, n_pix: int):
+        from calipers.spectra.model import SpectrumNetConfig
+
+        c = self.config
+        try:
+            return SpectrumNetConfig(n_pix=n_pix, channels=tuple(c["channels"]), kernel_size=c["kernel_size"],
+                                     stem_stride=c["stem_stride"], hidden=c["hidden"], dropout=c["dropout"],
+                                     residual_on_linear=c["regressor"] == "cnn_residual")
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{self._where()}: {err}") from err
+
+    def validate(self):
+        c = self.config
+        if c["regressor"] not in REGRESSORS:
+            raise ConfigError(f"{self._where()}: regressor must be one of {REGRESSORS}, got {c['regressor']!r}")
+        bad = {k: c[k] for k in ("n_members", "max_epochs", "batch_size", "stem_stride", "hidden", "gbm_rebin",
+                                 "gbm_n_estimators", "gbm_num_leaves") if c[k] < 1}
+        if c["patience"] < 1:
+            bad["patience"] = c["patience"]
+        if c["max_stars"] < 0:
+            bad["max_stars"] = c["max_stars"]
+        if not 0 <= c["dropout"] < 1:
+            bad["dropout"] = c["dropout"]
+        for k in ("learning_rate", "gbm_learning_rate", "ridge_alpha"):
+            if not c[k] > 0:
+                bad[k] = c[k]
+        if c["weight_decay"] < 0:
+            bad["weight_decay"] = c["weight_decay"]
+        if bad:
+            raise ConfigError(f"{self._where()}: invalid value(s) {bad} (counts, sizes and rates must be positive, "
+                              "max_stars >= 0, weight_decay >= 0, dropout in [0, 1))")
+        self._train_config()
+        self._net_config(4096)  # the architecture itself (the set's pixel count is checked in process)
+
+    # ------------------------------------------------------------------ input
+    def _check_input(self, path: str, info: dict) -> int:
+        """The number of spectra to use; the set must have finite log g labels, and the CNN its
+        noise-free spectra and simulator."""
+        from calipers.core.spectrum_sets import SpectrumSetError
+
+        c = self.config
+        if "logg" not in info["meta_columns"]:
+            raise SpectrumSetError(f"{path}: the spectrum set has no 'logg' meta column (columns: "
+                                   f"{info['meta_columns']}); training needs the log g labels")
+        n = info["n"] if not c["max_stars"] else min(c["max_stars"], info["n"])
+        if n < 10:
+            raise SpectrumSetError(f"{path}: {n} spectra are too few to train on (need at least 10)")
+        if MODEL_KIND[c["regressor"]] == "cnn":
+            if not info["has_model_flux"]:
+                raise SpectrumSetError(
+                    f"{path}: regressor {c['regressor']} trains on the noise-free spectra (redrawing the noise every "
+                    "epoch), but the set has no 'model_flux'; simulate it with SpectraSimulate keep_model_flux: true, "
+                    "or use regressor ridge or lightgbm on the stored noisy spectra")
+            if info["simulator"] is None:
+                raise FileFormatError(
+                    f"{path}: regressor {c['regressor']} redraws the training noise with the simulator's noise model, "
+                    "but the set has no simulator configuration (attribute 'simulator'); simulate it with "
+                    "SpectraSimulate, which stores it")
+        return n
+
+    def _labels(self, path: str, n: int) -> np.ndarray:
+        from calipers.core.spectrum_sets import SpectrumSetError, read_spectrum_meta
+
+        logg = np.asarray(read_spectrum_meta(path, ["logg"], rows=slice(0, n))["logg"], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(logg))
+        if bad.size:
+            raise SpectrumSetError(f"{path}: row {bad[0]}: logg = {logg[bad[0]]}; every training label must be "
+                                   "finite")
+        return logg
+
+    # ------------------------------------------------------------------ fitting
+    def _train_cnn(self, path: str, info: dict, n: int) -> tuple[dict, list, dict] | None:
+        """(params, member states, card part) on rank 0, None elsewhere."""
+        from calipers.core.spectrum_sets import SpectrumSetError, read_spectrum_set
+        from calipers.spectra.model import train_member
+        from calipers.spectra.simulate import SpectrumModel
+
+        c = self.config
+        cfg = _simulator_config(info["simulator"], f"{path}: attribute 'simulator'", FileFormatError)
+        model = SpectrumModel(cfg)
+        clean = read_spectrum_set(path, rows=slice(0, n), columns=[], with_model_flux=True)
+        if clean.wavelength.shape != model.wavelength.shape or not np.allclose(clean.wavelength, model.wavelength,
+                                                                               rtol=1e-10, atol=0):
+            raise SpectrumSetError(f"{path}: the set's wavelengths ({clean.wavelength.size} pixels) are not those of "
+                                   "the simulator configuration stored in it; its noise cannot be redrawn")
+        logg = self._labels(path, n)
+        net, train = self._net_config(info["n_pix"]), self._train_config()
+        device = self.torch_device()
+        members = [k for k in range(c["n_members"]) if k % self.size == self.rank]
+        log.info("%s: training %d of %d %s member(s) on %d noise-free spectra (noise redrawn each epoch at S/N "
+                 "%s) on %s", self.instance_name, len(members), c["n_members"], c["regressor"], n,
+                 list(train.snr_range), device)
+        mine = {}
+        for k in members:
+            seed = c["seed"] * 1000 + k
+            state, hist = train_member(clean.model_flux, logg, simulator_noise_fn(model), net, train, seed,
+                                       device=device, progress=self.rank == 0)
+            mine[k] = (state, seed, hist)
+        del clean
+        parts = [mine] if self.size == 1 else self.comm.gather(mine, root=0)
+        if self.rank != 0:
+            return None
+        every = {k: v for p in parts for k, v in p.items()}
+        order = range(c["n_members"])
+        histories = [{"member": k, "seed": every[k][1], "seconds": every[k][2].seconds,
+                      "best_epoch": every[k][2].best_epoch, "epochs": len(every[k][2].train_loss),
+                      "train_loss": every[k][2].train_loss, "val_nll": every[k][2].val_nll} for k in order]
+        card = {"members": histories, "device": device,
+                "noise": ("redrawn every epoch from the noise-free spectra with the simulator's noise model "
+                          "(SpectrumModel.add_noise, a fresh seed per epoch); ivar from the noisy flux"),
+                "training_flux": "model_flux (noise-free)"}
+        return {"net": net.to_dict(), "train": train.to_dict()}, [every[k][0] for k in order], card
+
+    def _fit_baseline(self, path: str, n: int) -> tuple[dict, object, dict]:
+        import time
+
+        import torch
+
+        from calipers.core.spectrum_sets import read_spectrum_set
+        from calipers.spectra.baselines import GBMLogg, RidgeLogg
+
+        c = self.config
+        spectra = read_spectrum_set(path, rows=slice(0, n), columns=[])
+        logg = self._labels(path, n)
+        if c["regressor"] == "ridge":
+            model = RidgeLogg(alpha=c["ridge_alpha"], width_fraction=c["validation_fraction"], seed=c["seed"])
+        else:
+            model = GBMLogg(rebin=c["gbm_rebin"], n_estimators=c["gbm_n_estimators"],
+                            learning_rate=c["gbm_learning_rate"], num_leaves=c["gbm_num_leaves"],
+                            width_fraction=c["validation_fraction"], seed=c["seed"],
+                            n_jobs=max(1, torch.get_num_threads()))
+        log.info("%s: fitting %s on %d stored noisy spectra", self.instance_name, c["regressor"], n)
+        t0 = time.perf_counter()
+        model.fit(spectra.flux, spectra.ivar, logg)
+        seconds = time.perf_counter() - t0
+        params, states = model.state()
+        card = {"members": [{"member": 0, "seed": c["seed"], "seconds": seconds}], "device": "cpu",
+                "noise": "the set's stored noisy flux and ivar", "training_flux": "flux (noisy, as stored)"}
+        return params, states, card
+
+    # ------------------------------------------------------------------ run
+    def process(self):
+        import time
+
+        from calipers.core.spectra_models import write_spectra_model
+        from calipers.core.spectrum_sets import spectrum_set_info
+
+        c = self.config
+        path = self.input_path("spectra")
+        info = spectrum_set_info(path)
+        n = self._check_input(path, info)
+        t0 = time.perf_counter()
+        kind = MODEL_KIND[c["regressor"]]
+        if kind == "cnn":
+            result = self._train_cnn(path, info, n)
+        else:
+            result = self._fit_baseline(path, n) if self.rank == 0 else None
+        if self.rank == 0:
+            from calipers.core.spectrum_sets import read_spectrum_wavelength
+
+            params, states, card = result
+            card = {"regressor": c["regressor"], "label": "logg", "units": LABEL_UNITS,
+                    "output": "one Gaussian per member; the prediction is their equal-weight mixture",
+                    "training_set": path, "n_training_spectra": int(n), "n_members": len(card["members"]),
+                    "training_seconds": time.perf_counter() - t0,
+                    "training_set_simulator": info["simulator"],
+                    "training_set_simulation": info["attrs"].get("simulation"),
+                    "config": self.config_dict(), "provenance": self.provenance()} | card
+            write_spectra_model(self.output_path("model"), kind, {"params": params, "model_card": card}, states,
+                                read_spectrum_wavelength(path))
+            log.info("%s: %s model trained on %d spectra in %.1f s", self.instance_name, c["regressor"], n,
+                     card["training_seconds"])
+        if self.size > 1:
+            self.comm.Barrier()
+
+
+class SpectraEstimate(CalipersStage):
+    """Apply a log g regressor (from ``SpectraTrain``) to a spectrum set, chunk by chunk (chunks spread
+    over MPI ranks), writing a qp ``mixmod`` ensemble: per spectrum, the members' Gaussians (``means``,
+    ``stds``) with equal ``weights`` 1/M (M = 1 for ridge and LightGBM).
+
+    The ensemble's ancil holds ``star_id`` (the row number when the set has none), ``snr`` (the set's
+    S/N column, or the median per-pixel S/N ``median(flux sqrt(ivar))`` when it has none),
+    ``logg_mean`` and ``logg_std`` (the mixture's mean and standard deviation,
+    :func:`calipers.spectra.model.mixture_moments`), and the true ``teff``, ``logg``, ``m_h`` when
+    the set has them, so later stages judge the distributions without re-reading the set. A set on a
+    pixel grid other than the model's is refused before anything is written, naming both.
+    """
+
+    name = "SpectraEstimate"
+    parallel = True
+    inputs = [("model", ModelDir), ("spectra", SpectrumSetFile)]
+    outputs = [("logg_pdf", QPEnsembleFile)]
+    config_options = CalipersStage.config_options | DEVICE_OPTION | {
+        "chunk_size": Param(int, 4096, msg="Spectra read and written at a time (memory scales with this)"),
+        "batch_size": Param(int, 512, msg="Spectra per forward pass of the CNN"),
+    }
+
+    def _model(self):
+        if not hasattr(self, "_regressor"):
+            from calipers.core.spectra_models import read_spectra_model
+
+            self._regressor = read_spectra_model(self.input_path("model"))
+        return self._regressor
+
+    def validate(self):
+        from calipers.core.spectrum_sets import read_spectrum_wavelength
+
+        c = self.config
+        if c["chunk_size"] < 1 or c["batch_size"] < 1:
+            raise ConfigError(f"stage {self.instance_name}: chunk_size and batch_size must be >= 1, got "
+                              f"{c['chunk_size']} and {c['batch_size']}")
+        path = self.input_path("spectra")
+        self._model().check_spectra(read_spectrum_wavelength(path), path)
+
+    def process(self):  # ceci's execute() has already called validate(): the pixel grids agree
+        import time
+
+        import h5py
+        from tqdm.auto import tqdm
+
+        from calipers.core.catalog import chunk_ranges
+        from calipers.core.spectrum_sets import LABEL_COLUMNS, read_spectrum_meta, read_spectrum_set, spectrum_set_info
+        from calipers.spectra.baselines import median_snr
+        from calipers.spectra.model import mixture_moments
+
+        c = self.config
+        reg = self._model()
+        path = self.input_path("spectra")
+        info = spectrum_set_info(path)
+        have = info["meta_columns"]
+        n, m = info["n"], reg.n_members
+        truth = [k for k in LABEL_COLUMNS if k in have]
+        has_id, has_snr = "star_id" in have, "snr" in have
+        columns = (["star_id"] if has_id else []) + (["snr"] if has_snr else []) + truth
+        id_dtype = np.int64
+        if has_id and n:
+            ids = read_spectrum_meta(path, ["star_id"], rows=slice(0, 1))["star_id"]
+            id_dtype = h5py.string_dtype() if ids.dtype.kind in "OSU" else np.int64
+        ancil = ["star_id", "snr", "logg_mean", "logg_std"] + truth
+        layout = dict(meta={"pdf_name": np.array([b"mixmod"]), "pdf_version": np.array([0])},
+                      data_shapes={"weights": (m,), "means": (m,), "stds": (m,)}, ancil_names=ancil,
+                      ancil_dtypes={"star_id": id_dtype}, dtype=np.float64, background=True)
+        device = self.torch_device()
+        ranges = chunk_ranges(n, c["chunk_size"], self.rank, self.size)
+        t0 = time.perf_counter()
+        with self.qp_output("logg_pdf", n, c["chunk_size"], **layout) as out:
+            for s, e in tqdm(ranges, desc=f"{self.instance_name} chunks", disable=self.rank != 0, leave=False):
+                spectra = read_spectrum_set(path, rows=slice(s, e), columns=columns)
+                means, sigmas = reg.predict(spectra.flux, spectra.ivar, device=device, batch_size=c["batch_size"])
+                mean, std = mixture_moments(means, sigmas)
+                est = {"star_id": spectra.meta["star_id"] if has_id else np.arange(s, e, dtype=np.int64),
+                       "snr": (np.asarray(spectra.meta["snr"], dtype=np.float64) if has_snr
+                               else median_snr(spectra.flux, spectra.ivar)),
+                       "logg_mean": mean, "logg_std": std}
+                est |= {k: np.asarray(spectra.meta[k], dtype=np.float64) for k in truth}
+                data = {"weights": np.full((e - s, m), 1.0 / m), "means": np.ascontiguousarray(means.T),
+                        "stds": np.ascontiguousarray(sigmas.T)}
+                out.write(s, e, data, est)
+        if self.rank == 0:
+            dt = time.perf_counter() - t0
+            log.info("%s: log g distributions of %d spectra (%s, %d member(s)) in %.1f s", self.instance_name, n,
+                     reg.kind, m, dt)
