@@ -138,3 +138,18 @@ def test_configs_round_trip_through_plain_dicts():
     assert train.to_dict()["snr_range"] == [5.0, 50.0] and net.to_dict()["channels"] == [4, 8]
     with pytest.raises(ValueError, match="unknown option.*'epochs'"):
         SpectrumTrainConfig.from_dict({"epochs": 3})
+
+
+def test_member_with_dropout_depends_on_its_seed_alone():
+    torch.set_num_threads(1)
+    clean, y = toy_spectra(120)
+    net = SpectrumNetConfig(**{**SMALL.to_dict(), "dropout": 0.3})
+    train = SpectrumTrainConfig(max_epochs=2, patience=2, batch_size=32, snr_range=(20.0, 50.0))
+    torch.manual_seed(1)
+    state, _ = train_member(clean, y, toy_noise, net, train, seed=3)
+    after = torch.random.get_rng_state()
+    torch.manual_seed(2)  # another global generator state: the member must not see it
+    again, _ = train_member(clean, y, toy_noise, net, train, seed=3)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    torch.manual_seed(1)
+    assert torch.equal(torch.random.get_rng_state(), after)  # and the caller's generator is left alone

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -248,6 +249,14 @@ class MemberHistory:
     seconds: float = 0.0
 
 
+_INIT_LOCK = threading.Lock()
+
+
+def _rng_devices(device: str) -> list[int]:
+    dev = torch.device(device)
+    return [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+
+
 def _draw_snr(rng: np.random.Generator, n: int, snr_range: tuple[float, float]) -> np.ndarray:
     lo, hi = snr_range
     return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
@@ -260,7 +269,8 @@ def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, 
 
     ``noise_fn(clean, snr, rng) -> (flux, ivar)`` draws the observed spectra at median S/N ``snr``
     (one per row); its ivar must be the pipeline's (from the noisy flux). Returns the state dict of
-    the epoch with the best validation NLL, and the history. The global torch RNG is untouched.
+    the epoch with the best validation NLL, and the history. The result depends on ``seed`` alone
+    (weights, split, batch order, noise draws and dropout); the global torch RNG is untouched.
     """
     clean_flux = np.asarray(clean_flux, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -282,7 +292,7 @@ def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, 
     x_val = torch.from_numpy(spectrum_features(vf, vi)).to(device)
     y_val = torch.from_numpy(ys[val]).to(device)
 
-    with torch.random.fork_rng(devices=[]):
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # the lock: members trained in threads
         torch.manual_seed(seed)
         model = SpectrumNet(net)
     model.label_mean.fill_(mean)
@@ -292,44 +302,48 @@ def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, 
         w, b = ridge_fit(spectrum_features(f0, i0)[:, 0], ys[fit], train.ridge_alpha)
         model.ridge_w.copy_(torch.from_numpy(w.astype(np.float32)))
         model.ridge_b.fill_(b)
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    steps = math.ceil(fit.size / train.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train.learning_rate, epochs=train.max_epochs,
-                                                steps_per_epoch=steps)
-    gen = torch.Generator().manual_seed(seed)
-    hist, best, best_state, stale = MemberHistory(), math.inf, None, 0
-    bar = tqdm(range(train.max_epochs), desc=f"member seed {seed}", disable=not progress, leave=False)
-    for epoch in bar:
-        noisy, ivar = noise_fn(clean_flux[fit], _draw_snr(rng, fit.size, train.snr_range), rng)
-        x_fit = torch.from_numpy(spectrum_features(noisy, ivar))
-        perm = torch.randperm(fit.size, generator=gen)
-        model.train()
-        total = 0.0
-        for k in range(steps):
-            idx = perm[k * train.batch_size:(k + 1) * train.batch_size]
-            xb, yb = x_fit[idx].to(device), torch.from_numpy(ys[fit][idx.numpy()]).to(device)
-            mu, sigma = model(xb)
-            loss = gaussian_nll(mu, sigma, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        hist.train_loss.append(total / fit.size)
-        model.eval()
-        with torch.no_grad():
-            mu, sigma = _batched(model, x_val, 512)
-            val_nll = float(gaussian_nll(mu, sigma, y_val))
-        hist.val_nll.append(val_nll)
-        bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}", val_nll=f"{val_nll:.4f}")
-        if val_nll < best:
-            best, stale, hist.best_epoch = val_nll, 0, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= train.patience:
-                break
+    # dropout draws from torch's global generator: seed a private fork of it, so that a member
+    # depends on its seed alone and the caller's generator is left as it was
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(seed)
+        model.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
+        steps = math.ceil(fit.size / train.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train.learning_rate, epochs=train.max_epochs,
+                                                    steps_per_epoch=steps)
+        gen = torch.Generator().manual_seed(seed)
+        hist, best, best_state, stale = MemberHistory(), math.inf, None, 0
+        bar = tqdm(range(train.max_epochs), desc=f"member seed {seed}", disable=not progress, leave=False)
+        for epoch in bar:
+            noisy, ivar = noise_fn(clean_flux[fit], _draw_snr(rng, fit.size, train.snr_range), rng)
+            x_fit = torch.from_numpy(spectrum_features(noisy, ivar))
+            perm = torch.randperm(fit.size, generator=gen)
+            model.train()
+            total = 0.0
+            for k in range(steps):
+                idx = perm[k * train.batch_size:(k + 1) * train.batch_size]
+                xb, yb = x_fit[idx].to(device), torch.from_numpy(ys[fit][idx.numpy()]).to(device)
+                mu, sigma = model(xb)
+                loss = gaussian_nll(mu, sigma, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+            hist.train_loss.append(total / fit.size)
+            model.eval()
+            with torch.no_grad():
+                mu, sigma = _batched(model, x_val, 512)
+                val_nll = float(gaussian_nll(mu, sigma, y_val))
+            hist.val_nll.append(val_nll)
+            bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}", val_nll=f"{val_nll:.4f}")
+            if val_nll < best:
+                best, stale, hist.best_epoch = val_nll, 0, epoch
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= train.patience:
+                    break
     hist.seconds = time.perf_counter() - t0
     log.info("member seed %d: best epoch %d, validation NLL %.4f, %.1f s", seed, hist.best_epoch, best,
              hist.seconds)
