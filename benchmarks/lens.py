@@ -137,8 +137,8 @@ def analyse(out: str) -> None:
                                          / max(base.tpr_row(1e-3)["tpr"] or np.nan, 1e-12)}})
     member_auc = [float(cls.auroc(m, labels)) for m in test.member_logits]
     emit({"benchmark": "lens", "what": "members", "member_auroc": member_auc,
-          "ensemble_auroc_uncalibrated": float(cls.auroc(test.columns["logit_uncalibrated"], labels)),
-          "ensemble_ge_best_member": bool(cls.auroc(test.columns["logit_uncalibrated"], labels) >= max(member_auc))})
+          "ensemble_auroc": float(cls.auroc(test.logit, labels)),
+          "ensemble_ge_best_member": bool(cls.auroc(test.logit, labels) >= max(member_auc))})
     fus = {}
     for name, p in (("calibration", calib), ("test", test)):
         y = p.labels()
@@ -146,8 +146,14 @@ def analyse(out: str) -> None:
             z = fuse_members(p.member_logits, p.member_logit_var, method)
             fus[f"{name}_{method}_auroc"] = float(cls.auroc(z, y))
     cal_spec = read_json_object(os.path.join(data, "calibrator.json"))
+    fit = cal_spec["fit"]
+    if cal_spec.get("stacking"):
+        weights = np.asarray(cal_spec["stacking"]["weights"])
+        fus["test_stacked_auroc"] = float(cls.auroc(weights @ test.member_logits, labels))
     emit({"benchmark": "lens", "what": "fusion", "chosen": cal_spec["fusion"],
-          "temperature": cal_spec["fit"].get("temperature"), **fus})
+          "calibration_stacked_auroc_cross_fitted": fit.get("auroc_stacked_fusion_cross_fitted"),
+          "stacking_weights": fit.get("stacking_weights"), "temperature": fit.get("temperature"),
+          "temperature_bias": fit.get("temperature_bias"), **fus})
     emit({"benchmark": "lens", "what": "deployment_calibration",
           **{k: cal_spec["fit"].get(k) for k in ("deployment_prevalence", "deployment_fit", "n_extra_negatives",
                                                  "deployment_slope", "deployment_offset",

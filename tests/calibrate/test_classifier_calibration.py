@@ -207,3 +207,46 @@ def test_calibrator_affine_step_uses_the_extra_negatives_and_round_trips():
         ClassifierCalibrator().fit(raw, labels, 1e-3, deployment_fit="platt")
     with pytest.raises(ValueError, match="extra_negative_logits"):
         ClassifierCalibrator().fit(raw, labels, 1e-3, extra_negative_logits=extra)
+
+
+def test_temperature_with_bias_is_platt_scaling_and_recovers_a_shifted_logit():
+    rng = np.random.default_rng(9)
+    raw = rng.normal(0.0, 3.0, 80_000)
+    labels = _labels_from(raw / 2.0 - 1.5, rng)  # the truth: T = 2 and an offset of -1.5
+    plain = BinaryTemperatureScaling().fit(raw, labels)
+    platt = BinaryTemperatureScaling(fit_bias=True).fit(raw, labels)
+    assert platt.temperature == pytest.approx(2.0, rel=0.03) and platt.bias == pytest.approx(-1.5, abs=0.05)
+    assert plain.bias == 0.0 and platt.nll_after < plain.nll_after
+    np.testing.assert_allclose(platt.transform(raw), raw / platt.temperature + platt.bias)
+    back = BinaryTemperatureScaling.from_dict(json.loads(json.dumps(platt.to_dict())))
+    np.testing.assert_array_equal(back.transform(raw), platt.transform(raw))
+    cal = ClassifierCalibrator().fit(raw, labels, 1e-3, fit_bias=True)
+    assert cal.temperature.bias == pytest.approx(platt.bias)
+    # an old calibrator file (no bias keys) still reads as plain temperature scaling
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("fit_bias", "bias")}
+    np.testing.assert_array_equal(BinaryTemperatureScaling.from_dict(old).transform(raw), plain.transform(raw))
+
+
+def test_stacked_fusion_finds_the_informative_member_and_cross_fits():
+    from calipers.calibrate import StackedFusion
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    truth = rng.normal(0.0, 2.0, n)
+    labels = _labels_from(truth, rng)
+    # member 0 is the exact log-odds, member 1 pure noise: the fit weighs member 0 by 1
+    members = np.stack([truth, rng.normal(0.0, 2.0, n)])
+    fus = StackedFusion(l2=0.0).fit(members, labels)
+    assert fus.weights[0] == pytest.approx(1.0, abs=0.05) and abs(fus.weights[1]) < 0.03
+    assert fus.intercept == pytest.approx(0.0, abs=0.05)
+    np.testing.assert_allclose(fus.transform(members), fus.weights @ members + fus.intercept)
+    oof = fus.cross_fitted(members, labels, n_folds=4)
+    assert oof.shape == (n,) and np.corrcoef(oof, truth)[0, 1] > 0.99
+    back = StackedFusion.from_dict(json.loads(json.dumps(fus.to_dict())))
+    np.testing.assert_array_equal(back.transform(members), fus.transform(members))
+    with pytest.raises(ValueError, match="fitted on 2 members"):
+        fus.transform(members[:1])
+    with pytest.raises(ValueError, match="member 1, row 3"):
+        bad = members.copy()
+        bad[1, 3] = np.nan
+        StackedFusion().fit(bad, labels)

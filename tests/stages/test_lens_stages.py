@@ -183,3 +183,26 @@ def test_calibration_with_negatives_fits_the_deployment_tail(tmp_path):
         run_stage("ClassifierCalibrateWithNegatives", bad, calibration_predictions=str(tmp_path / "cal.hdf5"),
                   negative_predictions=str(tmp_path / "cal_neg.hdf5"), calibrator=str(target),
                   calibration_report=str(tmp_path / "r2"))
+
+
+def test_stacked_fusion_is_chosen_when_one_member_is_noise(tmp_path):
+    """Member 2 reports noise: the auto fusion weighs it out (judged on cross-fitted logits), the
+    apply stage uses the stored weights, and the 'uncalibrated' column stays the members' mean."""
+    rng = np.random.default_rng(21)
+    for name, n_pos, n_neg, seed in (("cal", 3000, 9000, 22), ("test", 1000, 3000, 23)):
+        predictions(tmp_path / f"{name}.hdf5", n_pos, n_neg, seed=seed)
+        pred = read_class_predictions(str(tmp_path / f"{name}.hdf5"))
+        pred.member_logits[2] = 5.0 * rng.normal(size=pred.member_logits.shape[1])
+        write_class_predictions(str(tmp_path / f"{name}.hdf5"), pred)
+    cfg = config(tmp_path, ClassifierCalibrate={"fusion": "auto"}, ClassifierApplyCalibration={})
+    run_stage("ClassifierCalibrate", cfg, calibration_predictions=str(tmp_path / "cal.hdf5"),
+              calibrator=str(tmp_path / "calibrator.json"), calibration_report=str(tmp_path / "cal_report"))
+    spec = json.loads((tmp_path / "calibrator.json").read_text())
+    assert spec["fusion"] == "stacked" and abs(spec["stacking"]["weights"][2]) < 0.02
+    assert spec["fit"]["auroc_stacked_fusion_cross_fitted"] > spec["fit"]["auroc_mean_fusion"]
+    run_stage("ClassifierApplyCalibration", cfg, calibrator=str(tmp_path / "calibrator.json"),
+              predictions=str(tmp_path / "test.hdf5"), calibrated_predictions=str(tmp_path / "test_cal.hdf5"))
+    test = read_class_predictions(str(tmp_path / "test_cal.hdf5"))
+    w, b = np.asarray(spec["stacking"]["weights"]), spec["stacking"]["intercept"]
+    np.testing.assert_allclose(test.columns["logit_fused"], w @ test.member_logits + b, rtol=1e-6)
+    np.testing.assert_allclose(test.columns["logit_uncalibrated"], test.member_logits.mean(0), rtol=1e-6)

@@ -16,7 +16,7 @@
   prediction after Tibshirani et al. 2019) so that calibration targets the target population.
 """
 from calipers.calibrate.classification import (BinaryTemperatureScaling, ClassifierCalibrator, DeploymentAffine,
-                                               PriorShift)
+                                               PriorShift, StackedFusion)
 from calipers.calibrate.conformal import (
            ConformalPredictiveDistribution,
            SplitConformalInterval,
@@ -35,7 +35,7 @@ from calipers.calibrate.shift_weights import (
 )
 from calipers.calibrate.temperature import GaussianWidthScaling, TemperatureScaling
 
-__all__ = ["DeploymentAffine", "PITRecalibrator", "LocalPITRecalibrator", "LocalPITConfig", "ConformalPredictiveDistribution", "SplitConformalInterval", "conformal_quantile", "GaussianWidthScaling",
+__all__ = ["DeploymentAffine", "StackedFusion", "PITRecalibrator", "LocalPITRecalibrator", "LocalPITConfig", "ConformalPredictiveDistribution", "SplitConformalInterval", "conformal_quantile", "GaussianWidthScaling",
            "TemperatureScaling", "weighted_quantile", "DensityRatio", "ShiftWeightReport", "WeightCollapseError",
            "check_effective_sample_size", "density_ratio_weights", "effective_sample_size",
            "photometry_shift_features", "BinaryTemperatureScaling", "PriorShift", "ClassifierCalibrator"]

@@ -11,6 +11,8 @@
   negatives (1 - pi) / N_neg). At a prevalence of 1e-3 that likelihood is ruled by the negatives'
   top tail, which a 1:3 calibration set hardly samples; a large natural-mix negative set can be
   pooled into the fit. (a, b) = (1, 0) is the plain prior shift.
+- :class:`StackedFusion` - members' logits combined by weights fitted on the calibration set
+  (L2-penalised logistic regression), with cross-fitted logits to judge it against plain fusions.
 - :class:`ClassifierCalibrator` - the steps in sequence; the object a stage stores as JSON
   (``to_dict`` / ``from_dict``, no pickles).
 
@@ -31,7 +33,7 @@ from scipy.special import logit as _logit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BinaryTemperatureScaling", "PriorShift", "DeploymentAffine", "ClassifierCalibrator"]
+__all__ = ["BinaryTemperatureScaling", "PriorShift", "DeploymentAffine", "StackedFusion", "ClassifierCalibrator"]
 
 
 def _logits_labels(name: str, logits, labels=None, weights=None):
@@ -83,48 +85,70 @@ class BinaryTemperatureScaling:
     search is a bounded 1-d minimisation over log T within ``bounds`` (the NLL is convex in 1/T);
     a fit that ends on a bound is logged as a warning. ``fit`` records ``nll_before`` (T = 1) and
     ``nll_after`` (nats per object, weighted when weights are given).
+
+    With ``fit_bias=True`` the map is ``logit / T + bias`` (Platt scaling: temperature and offset
+    by the same likelihood, a convex 2-parameter fit, see :class:`DeploymentAffine`). The offset
+    is needed when the logit is shifted, not only too sharp or too soft: e.g. a network trained on
+    another mix of negatives than the calibration set's (hard negatives enriched for training).
     """
 
     temperature: float | None = None
     bounds: tuple[float, float] = (0.05, 20.0)
     nll_before: float | None = None
     nll_after: float | None = None
+    fit_bias: bool = False
+    bias: float = 0.0
 
     def fit(self, logits, labels, weights=None) -> "BinaryTemperatureScaling":
-        """Fit T on calibration ``logits`` (n,), 0/1 ``labels`` (n,) and optional ``weights`` (n,)."""
+        """Fit T (and the bias) on calibration ``logits`` (n,), 0/1 ``labels`` (n,) and optional ``weights`` (n,)."""
         z, y, w = _logits_labels("BinaryTemperatureScaling.fit", logits, labels, weights)
         lo, hi = self.bounds
         if not 0 < lo < 1 < hi:
             raise ValueError(f"BinaryTemperatureScaling: bounds must satisfy 0 < lo < 1 < hi, got {self.bounds}")
-        res = minimize_scalar(lambda log_t: binary_nll_logits(z / np.exp(log_t), y, w),
-                              bounds=(np.log(lo), np.log(hi)), method="bounded", options={"xatol": 1e-10})
-        self.temperature = float(np.exp(res.x))
         self.nll_before = binary_nll_logits(z, y, w)
-        self.nll_after = binary_nll_logits(z / self.temperature, y, w)
-        if self.nll_after > self.nll_before:  # the optimiser missed T = 1; keep the better one
-            self.temperature, self.nll_after = 1.0, self.nll_before
+        if self.fit_bias:
+            # the likelihood of the calibration sample is the 'deployment mixture' at its own prevalence
+            prevalence = float(np.average(y, weights=w))
+            if not 0 < prevalence < 1:
+                raise ValueError("BinaryTemperatureScaling.fit: the calibration labels hold one class only")
+            affine = DeploymentAffine(prevalence).fit(z, y, w)
+            if not affine.slope > 0:
+                raise ValueError(f"BinaryTemperatureScaling.fit: fitted slope {affine.slope:.4g} <= 0: the logits "
+                                 f"do not rank positives above negatives")
+            self.temperature = float(np.clip(1.0 / affine.slope, lo, hi))
+            self.bias = float(affine.offset)
+            self.nll_after = binary_nll_logits(self.transform(z), y, w)
+        else:
+            res = minimize_scalar(lambda log_t: binary_nll_logits(z / np.exp(log_t), y, w),
+                                  bounds=(np.log(lo), np.log(hi)), method="bounded", options={"xatol": 1e-10})
+            self.temperature, self.bias = float(np.exp(res.x)), 0.0
+            self.nll_after = binary_nll_logits(z / self.temperature, y, w)
+        if self.nll_after > self.nll_before:  # the optimiser missed the identity; keep the better one
+            self.temperature, self.bias, self.nll_after = 1.0, 0.0, self.nll_before
         if np.isclose(self.temperature, lo, rtol=1e-3) or np.isclose(self.temperature, hi, rtol=1e-3):
             logger.warning("BinaryTemperatureScaling: T = %.4g is at a bound of %s; the logits may carry no "
                            "information about the labels", self.temperature, self.bounds)
-        logger.info("BinaryTemperatureScaling: T = %.4g, NLL %.5f -> %.5f", self.temperature, self.nll_before,
-                    self.nll_after)
+        logger.info("BinaryTemperatureScaling: T = %.4g, bias %.4g, NLL %.5f -> %.5f", self.temperature, self.bias,
+                    self.nll_before, self.nll_after)
         return self
 
     def transform(self, logits) -> np.ndarray:
-        """Calibrated logits ``logits / T``."""
+        """Calibrated logits ``logits / T + bias``."""
         if self.temperature is None:
             raise RuntimeError("BinaryTemperatureScaling.transform called before fit")
-        return np.asarray(logits, dtype=float) / self.temperature
+        return np.asarray(logits, dtype=float) / self.temperature + self.bias
 
     def to_dict(self) -> dict:
         return {"kind": "BinaryTemperatureScaling", "temperature": self.temperature, "bounds": list(self.bounds),
-                "nll_before": self.nll_before, "nll_after": self.nll_after}
+                "nll_before": self.nll_before, "nll_after": self.nll_after, "fit_bias": self.fit_bias,
+                "bias": self.bias}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BinaryTemperatureScaling":
         _check_kind(d, "BinaryTemperatureScaling")
         return cls(temperature=d.get("temperature"), bounds=tuple(d.get("bounds", (0.05, 20.0))),
-                   nll_before=d.get("nll_before"), nll_after=d.get("nll_after"))
+                   nll_before=d.get("nll_before"), nll_after=d.get("nll_after"),
+                   fit_bias=bool(d.get("fit_bias", False)), bias=float(d.get("bias", 0.0)))
 
 
 def _check_kind(d: dict, kind: str) -> None:
@@ -289,6 +313,92 @@ class DeploymentAffine:
 
 
 @dataclass
+class StackedFusion:
+    """Fuse M members' logits as ``sum_k w_k z_k + b``, (w, b) by L2-penalised logistic regression.
+
+    The penalty ``l2`` (on w, not b; per object, i.e. the loss is mean NLL + l2/2 |w|^2) keeps the
+    weights finite when members are nearly collinear. Fitted by Newton's method (the loss is
+    strictly convex). Judge it against a plain mean with :meth:`cross_fitted`: out-of-fold logits,
+    each object scored by weights fitted without it, so its AUROC is not flattered by the fit.
+    """
+
+    l2: float = 1e-4
+    weights: list[float] | None = None
+    intercept: float | None = None
+
+    def _check(self, member_logits, labels=None):
+        z = np.asarray(member_logits, dtype=float)
+        if z.ndim != 2:
+            raise ValueError(f"StackedFusion: member_logits must be [M, N], got shape {z.shape}")
+        bad = np.argwhere(~np.isfinite(z))
+        if bad.size:
+            raise ValueError(f"StackedFusion: member logits not finite, first at member {bad[0, 0]}, row {bad[0, 1]}")
+        if labels is None:
+            return z, None
+        y = _logits_labels("StackedFusion.fit", z[0], labels)[1]
+        if y.min() == y.max():
+            raise ValueError("StackedFusion.fit: the labels hold one class only")
+        return z, y
+
+    def fit(self, member_logits, labels, max_iter: int = 100) -> "StackedFusion":
+        z, y = self._check(member_logits, labels)
+        m, n = z.shape
+        x = np.concatenate([z.T, np.ones((n, 1))], axis=1)
+        penalty = np.full(m + 1, float(self.l2))
+        penalty[-1] = 0.0
+        theta = np.r_[np.full(m, 1.0 / m), 0.0]  # start at the mean
+
+        def loss(t):
+            u = x @ t
+            return float(np.mean(np.logaddexp(0.0, u) - y * u) + 0.5 * np.sum(penalty * t * t))
+
+        f = loss(theta)
+        for _ in range(max_iter):
+            p = _expit(x @ theta)
+            grad = x.T @ (p - y) / n + penalty * theta
+            hess = (x * (p * (1 - p))[:, None]).T @ x / n + np.diag(penalty) + 1e-12 * np.eye(m + 1)
+            step = np.linalg.solve(hess, grad)
+            lam = 1.0
+            while lam > 1e-10 and loss(theta - lam * step) > f:
+                lam /= 2
+            new = theta - lam * step
+            f_new = loss(new)
+            done = f - f_new <= 1e-14 * max(1.0, abs(f))
+            theta, f = new, f_new
+            if done:
+                break
+        self.weights, self.intercept = [float(v) for v in theta[:m]], float(theta[m])
+        logger.info("StackedFusion: weights %s, intercept %.4g", np.round(theta[:m], 4).tolist(), self.intercept)
+        return self
+
+    def transform(self, member_logits) -> np.ndarray:
+        if self.weights is None:
+            raise RuntimeError("StackedFusion.transform called before fit")
+        z, _ = self._check(member_logits)
+        if z.shape[0] != len(self.weights):
+            raise ValueError(f"StackedFusion: fitted on {len(self.weights)} members, got {z.shape[0]}")
+        return np.asarray(self.weights) @ z + self.intercept
+
+    def cross_fitted(self, member_logits, labels, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+        """Out-of-fold fused logits: fold k is scored by weights fitted on the other folds."""
+        z, y = self._check(member_logits, labels)
+        folds = np.random.default_rng(seed).permutation(z.shape[1]) % int(n_folds)
+        out = np.empty(z.shape[1])
+        for k in range(int(n_folds)):
+            part = StackedFusion(self.l2).fit(z[:, folds != k], y[folds != k])
+            out[folds == k] = part.transform(z[:, folds == k])
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": "StackedFusion", "l2": self.l2, "weights": self.weights, "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StackedFusion":
+        _check_kind(d, "StackedFusion")
+        return cls(l2=float(d["l2"]), weights=[float(v) for v in d["weights"]], intercept=float(d["intercept"]))
+
+
+@dataclass
 class ClassifierCalibrator:
     """Temperature scaling then a prior shift: raw logit -> calibrated logit at a chosen prevalence.
 
@@ -304,13 +414,15 @@ class ClassifierCalibrator:
 
     def fit(self, logits, labels, deployment_prevalence: float, weights=None,
             train_prevalence: float | None = None, deployment_fit: str = "prior_shift",
-            extra_negative_logits=None) -> "ClassifierCalibrator":
+            extra_negative_logits=None, fit_bias: bool = False) -> "ClassifierCalibrator":
         """Fit T on (logits, labels[, weights]); the calibration prevalence is ``train_prevalence``
         when given, else the (weighted) positive fraction of ``labels``.
 
         ``deployment_fit="affine"`` then fits :class:`DeploymentAffine` on the prior-shifted
         logits, pooled with ``extra_negative_logits`` (raw logits of further negatives, e.g. a large
-        natural-mix set; weight 1 each, as are the calibration rows when ``weights`` is None)."""
+        natural-mix set; weight 1 each, as are the calibration rows when ``weights`` is None).
+        ``fit_bias`` adds an offset to the temperature (Platt scaling, see
+        :class:`BinaryTemperatureScaling`)."""
         if deployment_fit not in ("prior_shift", "affine"):
             raise ValueError(f"ClassifierCalibrator.fit: deployment_fit must be 'prior_shift' or 'affine', "
                              f"got {deployment_fit!r}")
@@ -318,6 +430,7 @@ class ClassifierCalibrator:
             raise ValueError("ClassifierCalibrator.fit: extra_negative_logits are used by deployment_fit='affine' "
                              "only")
         prior = PriorShift(deployment_prevalence, train_prevalence)  # validates before the fit
+        self.temperature = BinaryTemperatureScaling(bounds=self.temperature.bounds, fit_bias=bool(fit_bias))
         self.temperature.fit(logits, labels, weights)
         self.prior = prior if train_prevalence is not None else prior.fit(labels, weights)
         self.affine = None

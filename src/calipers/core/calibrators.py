@@ -157,11 +157,31 @@ def write_json_atomic(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_classifier_calibrator(path: str, fusion: str, calibrator, fit: dict, provenance: dict) -> None:
-    """A fitted classifier calibration as one JSON file: the member fusion, the
-    :class:`~calipers.calibrate.classification.ClassifierCalibrator` (``to_dict``), the fit summary."""
-    write_json_atomic(path, {"kind": CLASSIFIER_CALIBRATOR_KIND, "fusion": fusion, "calibrator": calibrator.to_dict(),
-                             "fit": fit, "provenance": provenance})
+def write_classifier_calibrator(path: str, fusion: str, calibrator, fit: dict, provenance: dict,
+                                stacking=None) -> None:
+    """A fitted classifier calibration as one JSON file: the member fusion (with the
+    :class:`~calipers.calibrate.classification.StackedFusion` weights when ``fusion`` is
+    ``"stacked"``), the :class:`~calipers.calibrate.classification.ClassifierCalibrator`
+    (``to_dict``), the fit summary."""
+    if (fusion == "stacked") != (stacking is not None):
+        raise ValueError("write_classifier_calibrator: stacking weights go with fusion 'stacked' only")
+    doc = {"kind": CLASSIFIER_CALIBRATOR_KIND, "fusion": fusion, "calibrator": calibrator.to_dict(), "fit": fit,
+           "provenance": provenance}
+    if stacking is not None:
+        doc["stacking"] = stacking.to_dict()
+    write_json_atomic(path, doc)
+
+
+def read_stacking(path: str, spec: dict):
+    """The :class:`StackedFusion` of a calibrator file whose fusion is ``"stacked"`` (else None)."""
+    from calipers.calibrate.classification import StackedFusion
+
+    if spec.get("fusion") != "stacked":
+        return None
+    try:
+        return StackedFusion.from_dict(spec["stacking"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise FileFormatError(f"{path}: fusion 'stacked' without valid stacking weights: {err}") from err
 
 
 def read_classifier_calibrator(path: str):

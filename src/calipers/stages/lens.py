@@ -320,9 +320,11 @@ class LensScore(CalipersStage):
 
 # ============================================================================ calibration
 
-def _fused(pred, method: str) -> np.ndarray:
+def _fused(pred, method: str, stacking=None) -> np.ndarray:
     from calipers.lens.model import fuse_members
 
+    if method == "stacked":
+        return stacking.transform(pred.member_logits)
     return fuse_members(pred.member_logits, pred.member_logit_var, method)
 
 
@@ -341,24 +343,28 @@ class ClassifierCalibrate(CalipersStage):
     config_options = CalipersStage.config_options | {
         "deployment_prevalence": Param(float, 1e-3, msg="Prevalence of positives where the classifier is deployed "
                                                         "(strong lenses in a survey: ~1e-3)"),
-        "fusion": Param(str, "auto", msg="Member fusion: mean, inverse_variance, or auto (inverse_variance only if "
-                                         "its AUROC on the calibration set beats the mean's)"),
+        "fusion": Param(str, "auto", msg="Member fusion: mean, inverse_variance, stacked (weights by logistic "
+                                         "regression on the calibration set), or auto (the one with the highest "
+                                         "calibration AUROC, the stacked one judged on cross-fitted logits; the "
+                                         "mean unless another beats it)"),
         "n_bins": Param(int, 15, msg="Equal-mass bins of the ECE / reliability diagram"),
         "deployment_fit": Param(str, "prior_shift", msg="prior_shift (Bayes' rule only) or affine (then a slope "
                                                         "and offset fitted at the deployment prevalence)"),
+        "temperature_bias": Param(bool, False, msg="Fit an offset with the temperature (Platt scaling): needed when "
+                                                   "the training mix of negatives differs from the calibration set's"),
     }
 
     def validate(self):
         c = self.config
         if not 0 < c["deployment_prevalence"] < 1:
             raise ConfigError(f"stage {self.instance_name}: deployment_prevalence must be in (0, 1)")
-        if c["fusion"] not in ("auto", "mean", "inverse_variance"):
-            raise ConfigError(f"stage {self.instance_name}: fusion must be auto, mean or inverse_variance")
+        if c["fusion"] not in ("auto", "mean", "inverse_variance", "stacked"):
+            raise ConfigError(f"stage {self.instance_name}: fusion must be auto, mean, inverse_variance or stacked")
         if c["deployment_fit"] not in ("prior_shift", "affine"):
             raise ConfigError(f"stage {self.instance_name}: deployment_fit must be prior_shift or affine, "
                               f"got {c['deployment_fit']!r}")
 
-    def _extra_negatives(self, fusion: str):
+    def _extra_negatives(self, fusion: str, stacking=None):
         """Raw fused logits of further negatives for the deployment fit (none here)."""
         return None
 
@@ -376,26 +382,39 @@ class ClassifierCalibrate(CalipersStage):
         labels = pred.labels(path)
         if labels.min() == labels.max():
             raise FileFormatError(f"{path}: the calibration set holds one class only")
+        from calipers.calibrate.classification import StackedFusion
+
         candidates = {"mean": _fused(pred, "mean")}
+        judged = {}  # what a candidate's AUROC is measured on (stacked: its cross-fitted logits)
+        stacking = None
         if pred.member_logit_var is not None and pred.member_logits.shape[0] > 1:
             candidates["inverse_variance"] = _fused(pred, "inverse_variance")
-        aurocs = {k: float(cls.auroc(v, labels)) for k, v in candidates.items()}
+        if pred.member_logits.shape[0] > 1 and c["fusion"] in ("auto", "stacked"):
+            stacking = StackedFusion().fit(pred.member_logits, labels)
+            candidates["stacked"] = stacking.transform(pred.member_logits)
+            judged["stacked"] = StackedFusion().cross_fitted(pred.member_logits, labels, seed=c["seed"])
+        aurocs = {k: float(cls.auroc(judged.get(k, v), labels)) for k, v in candidates.items()}
         if c["fusion"] == "auto":
-            fusion = "inverse_variance" if aurocs.get("inverse_variance", -1) > aurocs["mean"] else "mean"
+            fusion = max(aurocs, key=lambda k: (aurocs[k], k == "mean"))  # ties keep the mean
         else:
             fusion = c["fusion"]
             if fusion not in candidates:
                 raise FileFormatError(f"{path}: fusion {fusion!r} needs member_logit_var and several members")
+        if fusion != "stacked":
+            stacking = None
         raw = candidates[fusion]
-        extra = self._extra_negatives(fusion)
+        extra = self._extra_negatives(fusion, stacking)
         cal = ClassifierCalibrator().fit(raw, labels, deployment_prevalence=c["deployment_prevalence"],
-                                         deployment_fit=c["deployment_fit"], extra_negative_logits=extra)
+                                         deployment_fit=c["deployment_fit"], extra_negative_logits=extra,
+                                         fit_bias=c["temperature_bias"])
         after = cal.transform(raw, prevalence="calibration")
         before_err = cls.calibration_errors(cls.sigmoid(raw), labels, n_bins=c["n_bins"])
         after_err = cls.calibration_errors(cls.sigmoid(after), labels, n_bins=c["n_bins"])
         summary = {"fusion": fusion, "auroc_mean_fusion": aurocs["mean"],
                    "auroc_inverse_variance_fusion": aurocs.get("inverse_variance", float("nan")),
-                   "temperature": float(cal.temperature.temperature),
+                   "auroc_stacked_fusion_cross_fitted": aurocs.get("stacked", float("nan")),
+                   "stacking_weights": None if stacking is None else stacking.weights,
+                   "temperature": float(cal.temperature.temperature), "temperature_bias": float(cal.temperature.bias),
                    "calibration_prevalence": float(labels.mean()), "deployment_prevalence": c["deployment_prevalence"],
                    "ece_before": before_err["ece"], "ece_after": after_err["ece"],
                    "nll_before": float(cls.binary_nll(cls.sigmoid(raw), labels)),
@@ -405,8 +424,9 @@ class ClassifierCalibrate(CalipersStage):
             summary |= {"deployment_slope": cal.affine.slope, "deployment_offset": cal.affine.offset,
                         "deployment_nll_prior_shift": cal.affine.nll_before,
                         "deployment_nll_affine": cal.affine.nll_after}
-        write_classifier_calibrator(self.output_path("calibrator"), fusion, cal, summary, self.provenance())
-        fig = cplots.reliability_diagram([before_err, after_err], ["before (fused logit)", "after temperature"])
+        write_classifier_calibrator(self.output_path("calibrator"), fusion, cal, summary, self.provenance(),
+                                    stacking=stacking)
+        fig = cplots.reliability_diagram([before_err, after_err], ["before (fused logit)", "after temperature" + (" and bias" if c["temperature_bias"] else "")])
         write_report(self.output_path("calibration_report"), "Classifier calibration", summary, [],
                      {"reliability": fig}, provenance=self.provenance())
 
@@ -430,7 +450,7 @@ class ClassifierCalibrateWithNegatives(ClassifierCalibrate):
         if self.config["deployment_fit"] != "affine":
             raise ConfigError(f"stage {self.instance_name}: the negatives are used only by deployment_fit: affine")
 
-    def _extra_negatives(self, fusion: str):
+    def _extra_negatives(self, fusion: str, stacking=None):
         from calipers.core.class_predictions import read_class_predictions
 
         path = self.input_path("negative_predictions")
@@ -442,14 +462,15 @@ class ClassifierCalibrateWithNegatives(ClassifierCalibrate):
                                   f"not, first at row {rows[0]}")
         if fusion == "inverse_variance" and pred.member_logit_var is None:
             raise FileFormatError(f"{path}: the fusion is inverse_variance but the file has no member_logit_var")
-        return _fused(pred, fusion)
+        return _fused(pred, fusion, stacking)
 
 
 class ClassifierApplyCalibration(CalipersStage):
     """Apply a fitted classifier calibration to predictions: ``logit``/``prob`` become the calibrated
     values at the calibration set's prevalence, ``logit_deploy``/``prob_deploy`` the values at the
-    deployment prevalence (the purity a search should expect), ``logit_uncalibrated`` keeps the
-    fused logit before calibration."""
+    deployment prevalence (the purity a search should expect), ``logit_fused`` the fused logit before
+    the temperature, ``logit_uncalibrated`` the ensemble before anything fitted on the calibration set
+    (the fused logit, or the members' mean when the fusion is stacked: its weights are fitted there)."""
 
     name = "ClassifierApplyCalibration"
     parallel = False
@@ -457,18 +478,26 @@ class ClassifierApplyCalibration(CalipersStage):
     outputs = [("calibrated_predictions", ClassPredictionsFile)]
 
     def process(self):
-        from calipers.core.calibrators import read_classifier_calibrator
+        from calipers.core.calibrators import read_classifier_calibrator, read_stacking
         from calipers.core.class_predictions import read_class_predictions, sigmoid, write_class_predictions
 
         fusion, cal, spec = read_classifier_calibrator(self.input_path("calibrator"))
+        stacking = read_stacking(self.input_path("calibrator"), spec)
         pred = read_class_predictions(self.input_path("predictions"))
         if fusion == "inverse_variance" and pred.member_logit_var is None:
             raise FileFormatError(f"{self.input_path('predictions')}: the calibrator fuses members by inverse "
                                   f"variance but the file has no member_logit_var")
-        raw = _fused(pred, fusion)
+        if stacking is not None and pred.member_logits.shape[0] != len(stacking.weights):
+            raise FileFormatError(f"{self.input_path('predictions')}: {pred.member_logits.shape[0]} members, the "
+                                  f"calibrator's stacked fusion weighs {len(stacking.weights)}")
+        raw = _fused(pred, fusion, stacking)
         logit = cal.transform(raw, prevalence="calibration")
         deploy = cal.transform(raw, prevalence="deployment")
-        pred.columns |= {"logit_uncalibrated": raw, "logit_deploy": deploy, "prob_deploy": sigmoid(deploy)}
+        # "uncalibrated" is the ensemble before anything fitted on the calibration set: the plain mean of
+        # the members (a stacked fusion's weights are fitted there, so they are part of the calibration)
+        uncalibrated = raw if fusion != "stacked" else _fused(pred, "mean")
+        pred.columns |= {"logit_uncalibrated": uncalibrated, "logit_fused": raw, "logit_deploy": deploy,
+                         "prob_deploy": sigmoid(deploy)}
         pred.logit, pred.prob = logit, sigmoid(logit)
         pred.attrs["calibration"] = {"fusion": fusion, "calibrated": True, "calibrator": self.input_path("calibrator"),
                                      "deployment_prevalence": spec["fit"]["deployment_prevalence"]}
