@@ -29,13 +29,13 @@ import csv
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import h5py
 import numpy as np
 
+from calipers.core.atomic import temporary_path
 from calipers.core.catalog import open_hdf5
 from calipers.core.errors import FileFormatError
 from calipers.core.provenance import write_provenance_hdf5
@@ -85,22 +85,23 @@ def _json_attr(f: h5py.File, name: str, path: str) -> Any:
         raise FileFormatError(f"{path}: image set attribute '{name}' is not valid JSON ({err})") from err
 
 
-def _meta_array(values: np.ndarray, name: str) -> np.ndarray:
+def meta_column_array(values, name: str, error: type[Exception] = FileFormatError, source: str = "") -> np.ndarray:
+    """A metadata column as numbers, or as str objects (bytes decoded); anything else raises ``error``
+    naming the column (and ``source``, the file, when given). Shared by the image and spectrum sets."""
     a = np.asarray(values)
     if a.dtype.kind in "biuf":
         return a
     if a.dtype.kind in "US" or (a.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in a.ravel())):
         return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object)
-    raise CutoutError(f"meta column '{name}' holds {a.dtype} values; numbers or strings are needed")
+    where = f"{source}: " if source else ""
+    raise error(f"{where}meta column '{name}' holds {a.dtype} values; numbers or strings are needed")
+
+
+def _meta_array(values: np.ndarray, name: str) -> np.ndarray:
+    return meta_column_array(values, name, CutoutError)
 
 
 # =============================================================================== writing
-def _temporary_path(path: str) -> str:
-    directory, base = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return tmp
 
 
 class ImageSetWriter:
@@ -125,7 +126,7 @@ class ImageSetWriter:
         self.provenance = dict(provenance or {})
         self.class_names = [str(c) for c in class_names]
         self.compression = compression
-        self._tmp = _temporary_path(self.path)
+        self._tmp = temporary_path(self.path)
         try:
             self._file = h5py.File(self._tmp, "w")
         except BaseException:
@@ -435,7 +436,7 @@ def write_fits_cutouts(directory: str, cutouts: CutoutSet, index_name: str = "in
     columns = ["file", "object_id"] + (["label"] if "label" in meta else [])
     columns += [k for k in meta if k not in columns]
     index = os.path.join(directory, index_name)
-    tmp = _temporary_path(index)
+    tmp = temporary_path(index)
     try:
         with open(tmp, "w", newline="") as fh:
             wr = csv.writer(fh)

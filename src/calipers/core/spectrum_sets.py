@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +37,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from calipers.core.atomic import temporary_path
 from calipers.core.catalog import open_hdf5
 from calipers.core.errors import FileFormatError
+from calipers.core.image_sets import meta_column_array
 from calipers.core.provenance import write_provenance_hdf5
 
 log = logging.getLogger(__name__)
@@ -173,20 +174,7 @@ def _check_wavelength(wavelength: np.ndarray, source: str) -> np.ndarray:
 
 
 def _meta_array(values: Any, name: str, source: str) -> np.ndarray:
-    a = np.asarray(values)
-    if a.dtype.kind in "biuf":
-        return a
-    if a.dtype.kind in "US" or (a.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in a.ravel())):
-        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object)
-    raise SpectrumSetError(f"{source}: meta column '{name}' holds {a.dtype} values; numbers or strings are needed")
-
-
-def _temporary_path(path: str) -> str:
-    directory, base = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return tmp
+    return meta_column_array(values, name, SpectrumSetError, source)
 
 
 def _string_attrs(provenance: dict) -> dict[str, str]:
@@ -229,7 +217,7 @@ class SpectrumSetWriter:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{self.path}: attribute '{k}' is not JSON-able ({err})") from err
         self.provenance = dict(provenance or {})
-        self._tmp = _temporary_path(self.path)
+        self._tmp = temporary_path(self.path)
         self._closed = False
         self._n = 0
         self._meta: list[str] | None = None
@@ -528,7 +516,7 @@ def write_fisher_bounds(path: str, columns: dict[str, np.ndarray], attrs: dict[s
     lengths = {k: v.shape for k, v in arrays.items()}
     if not arrays or any(len(s) != 1 for s in lengths.values()) or len({s[0] for s in lengths.values()}) != 1:
         raise ValueError(f"{path}: Fisher-bound columns must be 1-d and of one length, got {lengths}")
-    tmp = _temporary_path(path)
+    tmp = temporary_path(path)
     try:
         with h5py.File(tmp, "w") as f:
             g = f.create_group(FISHER_GROUP)

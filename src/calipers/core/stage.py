@@ -166,6 +166,18 @@ def _load_overall_config(config_file) -> dict:
     return {k: ({} if v is None else v) for k, v in overall.items()}
 
 
+DEVICE_OPTION = {"device": Param(str, "auto", msg="torch device: auto (a GPU when present), cpu, cuda or cuda:N")}
+
+
+def rank_block_range(n: int, block: int, rank: int, size: int) -> tuple[int, int]:
+    """The contiguous, block-aligned range [start, end) of ``n`` items that MPI ``rank`` of ``size``
+    handles (whole blocks of ``block`` items each, so seeded blocks never straddle two ranks)."""
+    n_blocks = -(-n // block)
+    per = -(-n_blocks // size)
+    start = min(rank * per * block, n)
+    return start, min((rank + 1) * per * block, n)
+
+
 class CalipersStage(PipelineStage):
     """Base of every calipers stage (not itself runnable)."""
 

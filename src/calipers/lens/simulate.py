@@ -156,6 +156,8 @@ import numpy as np
 import scipy.fft
 from scipy.special import erf, gammaincinv, gammaln, kv
 
+from calipers.checks import checked_number as _number
+
 log = logging.getLogger(__name__)
 
 BANDS = ("g", "r", "i")
@@ -201,27 +203,6 @@ def _pair(name: str, value: Any, kind: type) -> tuple:
     if out[0] > out[1]:
         raise ValueError(f"LensSimConfig.{name} = {value!r}: low must not exceed high")
     return tuple(out)
-
-
-def _number(name: str, value: Any, kind: type, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> Any:
-    """``value`` checked as an int or finite float in [low, high]; ``name`` names it in errors
-    (config fields are given as ``LensSimConfig.<field>``)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if kind is int:
-        if not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        value = int(value)
-    else:
-        if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-        value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} = {value!r} must be {'>' if low_open else '>='} {low}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} = {value!r} must be <= {high}")
-    return value
 
 
 @dataclass

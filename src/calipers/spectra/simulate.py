@@ -101,6 +101,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from calipers.checks import checked_number as _number
+
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES: tuple[str, str, str] = ("teff", "logg", "m_h")
@@ -269,26 +271,6 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
     if out[0] >= out[1]:
         raise ValueError(f"SpectraSimConfig.{name} = {value!r}: low must be below high")
     return out[0], out[1]
-
-
-def _number(name: str, value: Any, kind: type, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> Any:
-    """``value`` checked as an int or a finite float in [low, high]; ``name`` names it in errors."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if kind is int:
-        if not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        value = int(value)
-    else:
-        if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-        value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} = {value!r} must be {'>' if low_open else '>='} {low}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} = {value!r} must be <= {high}")
-    return value
 
 
 @dataclass

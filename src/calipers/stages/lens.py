@@ -18,19 +18,10 @@ from calipers.core.file_types import (ClassPredictionsFile, CutoutIndex, ImageSe
                                       ReportDir)
 from calipers.core.gate_stage import GateStage
 from calipers.core.options import GATE_OPTIONS
-from calipers.core.stage import CalipersStage, Param
+from calipers.core.stage import DEVICE_OPTION, CalipersStage, Param, rank_block_range
 
 log = logging.getLogger(__name__)
 
-DEVICE_OPTION = {"device": Param(str, "auto", msg="torch device: auto (a GPU when present), cpu, cuda or cuda:N")}
-
-
-def _rank_ranges(n: int, block: int, rank: int, size: int) -> tuple[int, int]:
-    """The contiguous, block-aligned range [start, end) of ``n`` items that ``rank`` handles."""
-    n_blocks = -(-n // block)
-    per = -(-n_blocks // size)
-    start = min(rank * per * block, n)
-    return start, min((rank + 1) * per * block, n)
 
 
 # ============================================================================ data
@@ -99,7 +90,7 @@ class LensSimulate(CalipersStage):
         n, first = c["n_images"], c["start"]
         target = self.output_path("images")
         prov = self.provenance()
-        lo, hi = _rank_ranges(n, c["chunk_size"], self.rank, self.size)
+        lo, hi = rank_block_range(n, c["chunk_size"], self.rank, self.size)
         path = target if self.size == 1 else f"{target}.rank{self.rank}"
         with ImageSetWriter(path, provenance=prov) as out:
             for s in tqdm(range(lo, hi, c["chunk_size"]), desc=f"{self.instance_name} chunks",
@@ -112,8 +103,8 @@ class LensSimulate(CalipersStage):
             with ImageSetWriter(target, provenance=prov) as out:
                 for r in range(self.size):
                     part = f"{target}.rank{r}"
-                    if _rank_ranges(n, c["chunk_size"], r, self.size)[1] > _rank_ranges(n, c["chunk_size"], r,
-                                                                                       self.size)[0]:
+                    r_lo, r_hi = rank_block_range(n, c["chunk_size"], r, self.size)
+                    if r_hi > r_lo:
                         for _, chunk in iterate_image_set(part, c["chunk_size"]):
                             out.append(chunk)
                     os.remove(part)
@@ -426,7 +417,8 @@ class ClassifierCalibrate(CalipersStage):
                         "deployment_nll_affine": cal.affine.nll_after}
         write_classifier_calibrator(self.output_path("calibrator"), fusion, cal, summary, self.provenance(),
                                     stacking=stacking)
-        fig = cplots.reliability_diagram([before_err, after_err], ["before (fused logit)", "after temperature" + (" and bias" if c["temperature_bias"] else "")])
+        after_label = "after temperature and bias" if c["temperature_bias"] else "after temperature"
+        fig = cplots.reliability_diagram([before_err, after_err], ["before (fused logit)", after_label])
         write_report(self.output_path("calibration_report"), "Classifier calibration", summary, [],
                      {"reliability": fig}, provenance=self.provenance())
 

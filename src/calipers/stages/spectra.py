@@ -16,7 +16,7 @@ import numpy as np
 
 from calipers.core.errors import ConfigError, FileFormatError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile, ReportDir, SpectrumSetFile
-from calipers.core.stage import CalipersStage, Param
+from calipers.core.stage import DEVICE_OPTION, CalipersStage, Param, rank_block_range
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,6 @@ ROW_ORDER = ("star-major: the rows of a star are adjacent, one per value of 'snr
 MAX_SNR_GROUPS = 20  # more distinct S/N values than this: the ceiling table uses S/N quantile bins
 N_SNR_BINS = 8
 FLUX_TOLERANCE = 1e-3  # stored model_flux vs the float64 recomputation, relative to the flux scale
-
-
-def _rank_ranges(n: int, block: int, rank: int, size: int) -> tuple[int, int]:
-    """The contiguous, block-aligned range [start, end) of ``n`` items that ``rank`` handles."""
-    n_blocks = -(-n // block)
-    per = -(-n_blocks // size)
-    start = min(rank * per * block, n)
-    return start, min((rank + 1) * per * block, n)
 
 
 def _noise_seed(seed: int, snr: float) -> int:
@@ -203,7 +195,7 @@ class SpectraSimulate(CalipersStage):
         attrs = self._attributes(cfg, snrs)
         dtypes = {"star_id": np.int64, "teff": np.float64, "logg": np.float64, "m_h": np.float64, "snr": np.float64}
         keep = c["keep_model_flux"]
-        lo, hi = _rank_ranges(n, chunk, self.rank, self.size)
+        lo, hi = rank_block_range(n, chunk, self.rank, self.size)
         path = target if self.size == 1 else f"{target}.rank{self.rank}"
         with SpectrumSetWriter(path, model.wavelength, with_model_flux=keep, meta_dtypes=dtypes, attrs=attrs,
                                provenance=prov) as out:
@@ -492,7 +484,6 @@ class FisherBound(CalipersStage):
 
 # ============================================================================ log g regressors
 
-DEVICE_OPTION = {"device": Param(str, "auto", msg="torch device: auto (a GPU when present), cpu, cuda or cuda:N")}
 REGRESSORS = ("cnn", "cnn_residual", "ridge", "lightgbm")
 MODEL_KIND = {"cnn": "cnn", "cnn_residual": "cnn", "ridge": "ridge", "lightgbm": "lightgbm"}
 NOISE_CHUNK = 1024  # rows per add_noise call when the training noise is redrawn (memory stays flat)
