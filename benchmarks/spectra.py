@@ -37,8 +37,7 @@ def main() -> None:
     from calipers.spectra.fisher import ceiling_table
     from calipers.spectra.model import (SpectrumNetConfig, SpectrumTrainConfig, mixture_moments, predict_members,
                                         train_ensemble)
-    from calipers.spectra.simulate import SpectraSimConfig, SpectrumModel, simulate_spectra
-    from calipers.stages.spectra import simulator_noise_fn
+    from calipers.spectra.simulate import SpectraSimConfig, SpectrumModel, redraw_noise_fn, simulate_spectra
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=20000)
@@ -89,7 +88,7 @@ def main() -> None:
                                     residual_on_linear=(name == "cnn_residual"))
             tcfg = SpectrumTrainConfig(max_epochs=args.epochs, patience=4)
             states, hists = train_ensemble(train.model_flux, np.asarray(train.labels)[:, 1],
-                                           simulator_noise_fn(model), net, tcfg, seeds=range(args.members),
+                                           redraw_noise_fn(model), net, tcfg, seeds=range(args.members),
                                            progress=True)
 
             def predict(flux, ivar, states=states, net=net):

@@ -1079,6 +1079,28 @@ class SpectrumSet:
                            None if self.model_flux is None else self.model_flux[rows], self.label_names)
 
 
+def redraw_noise_fn(model: "SpectrumModel", chunk_rows: int = 1024):
+    """A ``noise_fn(clean, snr, rng) -> (flux, ivar)`` for training with the noise redrawn every epoch
+    (:func:`calipers.spectra.model.train_member`): :meth:`SpectrumModel.add_noise` of ``model`` with a
+    fresh noise seed drawn from ``rng`` on every call, one S/N per row. The ivar is the one a pipeline
+    estimates from the *noisy* flux, never the expected ivar of the noise-free flux, which would hand
+    a network the true spectrum through its sigma channel. Rows go ``chunk_rows`` at a time (rounded
+    up to whole blocks) with start offsets, which gives exactly the draw of one call with flat memory."""
+    block = model.config.block_size
+    step = block * max(1, int(chunk_rows) // block)
+
+    def noise_fn(clean: np.ndarray, snr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        seed = int(rng.integers(0, 2 ** 62))
+        snr = np.asarray(snr, dtype=np.float64)
+        flux = np.empty(clean.shape, dtype=np.float32)
+        ivar = np.empty(clean.shape, dtype=np.float32)
+        for s in range(0, clean.shape[0], step):
+            flux[s:s + step], ivar[s:s + step] = model.add_noise(clean[s:s + step], snr[s:s + step], seed, s)
+        return flux, ivar
+
+    return noise_fn
+
+
 def simulate_spectra(config: SpectraSimConfig, n: int, seed: int, snr: float, start: int = 0,
                      model: SpectrumModel | None = None, keep_model_flux: bool = False,
                      progress: bool = False) -> SpectrumSet:
@@ -1129,6 +1151,6 @@ def simulate_spectra(config: SpectraSimConfig, n: int, seed: int, snr: float, st
                        clean.astype(np.float32) if keep_model_flux else None)
 
 
-__all__ = ["COMPONENTS", "ELEMENTS", "LABEL_NAMES", "NAMED_LINES", "PASCHEN_LINES", "TIO_BANDS", "SpectraSimConfig",
+__all__ = ["COMPONENTS", "ELEMENTS", "LABEL_NAMES", "NAMED_LINES", "PASCHEN_LINES", "TIO_BANDS", "SpectraSimConfig", "redraw_noise_fn",
            "SpectrumModel", "SpectrumSet", "draw_labels", "simulate_spectra", "voigt_hjerting",
            "voigt_hjerting_wing", "wavelength_grid"]

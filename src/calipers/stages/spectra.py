@@ -491,27 +491,12 @@ LABEL_UNITS = "dex (log10 of g in cm s^-2)"
 
 
 def simulator_noise_fn(model):
-    """The ``noise_fn(clean, snr, rng) -> (flux, ivar)`` that :func:`calipers.spectra.model.train_member`
-    redraws the training noise with: the simulator's own noise model,
-    :meth:`SpectrumModel.add_noise <calipers.spectra.simulate.SpectrumModel.add_noise>` of ``model``,
-    with a fresh noise seed drawn from ``rng`` on every call. The ivar is the one a pipeline estimates
-    from the *noisy* flux (never the expected ivar of the noise-free flux, which would hand the network
-    the true spectrum through its sigma channel). Rows are drawn ``NOISE_CHUNK`` at a time with
-    start offsets, which gives exactly the draw of one call (the noise is seeded in blocks) with flat
-    memory."""
-    block = model.config.block_size
-    step = block * max(1, NOISE_CHUNK // block)
+    """The training-noise redraw of :class:`SpectraTrain`:
+    :func:`calipers.spectra.simulate.redraw_noise_fn` of ``model``, ``NOISE_CHUNK`` rows at a time.
+    Its ivar is the one a pipeline estimates from the *noisy* flux."""
+    from calipers.spectra.simulate import redraw_noise_fn
 
-    def noise_fn(clean: np.ndarray, snr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        seed = int(rng.integers(0, 2 ** 62))
-        snr = np.asarray(snr, dtype=np.float64)
-        flux = np.empty(clean.shape, dtype=np.float32)
-        ivar = np.empty(clean.shape, dtype=np.float32)
-        for s in range(0, clean.shape[0], step):
-            flux[s:s + step], ivar[s:s + step] = model.add_noise(clean[s:s + step], snr[s:s + step], seed, s)
-        return flux, ivar
-
-    return noise_fn
+    return redraw_noise_fn(model, NOISE_CHUNK)
 
 
 class SpectraTrain(CalipersStage):
