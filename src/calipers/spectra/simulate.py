@@ -1151,6 +1151,6 @@ def simulate_spectra(config: SpectraSimConfig, n: int, seed: int, snr: float, st
                        clean.astype(np.float32) if keep_model_flux else None)
 
 
-__all__ = ["COMPONENTS", "ELEMENTS", "LABEL_NAMES", "NAMED_LINES", "PASCHEN_LINES", "TIO_BANDS", "SpectraSimConfig", "redraw_noise_fn",
-           "SpectrumModel", "SpectrumSet", "draw_labels", "simulate_spectra", "voigt_hjerting",
+__all__ = ["COMPONENTS", "ELEMENTS", "LABEL_NAMES", "NAMED_LINES", "PASCHEN_LINES", "TIO_BANDS", "SpectraSimConfig",
+           "redraw_noise_fn", "SpectrumModel", "SpectrumSet", "draw_labels", "simulate_spectra", "voigt_hjerting",
            "voigt_hjerting_wing", "wavelength_grid"]
