@@ -1,7 +1,8 @@
-"""Stellar-spectra benchmark (issue 19, first form): log g regressors against the information ceiling.
+"""Stellar-spectra benchmark (issue 19): calibrated log g regressors against the information ceiling.
 
-Simulates a training set (noise-free spectra kept, S/N log-uniform in 3-20) and a test set whose
-stars are observed at every S/N of ``--snr``, computes the Bayesian and plain Fisher ceilings on
+Simulates a training set (noise-free spectra kept, S/N log-uniform in 3-20), a calibration set and a
+test set whose stars are observed at every S/N of ``--snr`` (the noise-free spectra made once, the
+noise drawn per S/N), computes the Bayesian and plain Fisher ceilings on
 the test stars (with and without a free continuum scale and tilt), trains the ridge and LightGBM baselines and
 the 1-D CNN (plain and ridge-residual; noise redrawn every epoch) and prints JSON lines:
 
@@ -9,11 +10,16 @@ the 1-D CNN (plain and ridge-residual; noise redrawn every epoch) and prints JSO
 - ``model``: per model and S/N, R^2, RMSE, efficiency = R^2 / Bayesian R^2_max (without continuum
   nuisances: the simulated spectra have none; also against the ceiling with them), the leakage flag,
   the raw (uncalibrated) coverage of the 68% and 95% central Gaussian intervals and the mean
-  log-likelihood, and the training time.
+  log-likelihood, and the training time;
+- ``calibration``: per model and calibrator (``pit_global``: one PIT remapping; ``pit_local``: the
+  remapping conditioned on log S/N, :class:`calipers.calibrate.LocalPITRecalibrator`), fitted on
+  the calibration set's PIT (all S/N pooled) and judged on the test set: PIT KS and the coverage of
+  the central 68 and 95% intervals overall, per S/N and per [M/H] third (``rows``), and the largest
+  coverage error over those groups (the issue's acceptance: <= 0.02).
 
-No calibration here yet: the pipeline's calibration stage will come on top. Usage::
+Usage::
 
-    python benchmarks/spectra.py --n-train 20000 --n-test 2000          # the issue's sizes
+    python benchmarks/spectra.py --n-train 20000 --n-test 2000 --n-cal 2000   # the issue's sizes
     python benchmarks/spectra.py --n-train 4000 --n-test 300 --epochs 5 --members 1
 """
 from __future__ import annotations
@@ -38,10 +44,12 @@ def main() -> None:
     from calipers.spectra.model import (SpectrumNetConfig, SpectrumTrainConfig, mixture_moments, predict_members,
                                         train_ensemble)
     from calipers.spectra.simulate import SpectraSimConfig, SpectrumModel, redraw_noise_fn, simulate_spectra
+    from calipers.validate.grouped import quantile_bins
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--n-cal", type=int, default=2000, help="calibration stars (each at every S/N)")
     ap.add_argument("--n-fisher", type=int, default=500, help="test stars the ceiling is computed on")
     ap.add_argument("--snr", type=float, nargs="+", default=[3.0, 5.0, 7.0, 10.0, 20.0])
     ap.add_argument("--members", type=int, default=5)
@@ -60,9 +68,11 @@ def main() -> None:
     train_snr = np.exp(rng.uniform(np.log(3.0), np.log(20.0), args.n_train))
     train_flux, train_ivar = model.add_noise(train.model_flux, train_snr, seed=11)
     test = simulate_spectra(cfg, args.n_test, seed=2, snr=10.0, model=model, keep_model_flux=True)
+    cal = simulate_spectra(cfg, args.n_cal, seed=3, snr=10.0, model=model, keep_model_flux=True)
     t_sim = time.perf_counter() - t0
+    n_sim = args.n_train + args.n_test + args.n_cal
     emit({"benchmark": "spectra", "what": "simulation", "n_train": args.n_train, "n_test": args.n_test,
-          "seconds": round(t_sim, 1), "spectra_per_s": round((args.n_train + args.n_test) / t_sim, 1)})
+          "n_cal": args.n_cal, "seconds": round(t_sim, 1), "spectra_per_s": round(n_sim / t_sim, 1)})
 
     t0 = time.perf_counter()
     n_f = min(args.n_fisher, args.n_test)
@@ -76,7 +86,14 @@ def main() -> None:
     r2_max_continuum = {f"{r['snr']:g}": r["r2_bayes_continuum"] for r in ceilings}
 
     tests = {snr: model.add_noise(test.model_flux, snr, seed=int(100 + 10 * snr)) for snr in args.snr}
+    cals = {snr: model.add_noise(cal.model_flux, snr, seed=int(200 + 10 * snr)) for snr in args.snr}
     logg = np.asarray(test.labels)[:, 1]
+    logg_cal = np.asarray(cal.labels)[:, 1]
+    # the test rows of every S/N stacked: S/N and [M/H] third of each row, for the grouped coverage
+    snr_rows = np.repeat(np.asarray(args.snr, dtype=float), logg.size)
+    third, third_edges = quantile_bins(np.asarray(test.labels)[:, 2], 3)
+    third_rows = np.tile(third, len(args.snr))
+    third_labels = {k: f"[{third_edges[k]:.2f}, {third_edges[k + 1]:.2f}]" for k in range(3)}
     for name in args.models:
         t0 = time.perf_counter()
         if name in ("ridge", "lightgbm"):
@@ -103,6 +120,38 @@ def main() -> None:
                   "coverage68_raw": float(np.mean(np.abs(z) < norm.ppf(0.84))),
                   "coverage95_raw": float(np.mean(np.abs(z) < norm.ppf(0.975))),
                   "mean_loglik_raw": float(np.mean(norm.logpdf(z) - np.log(sigma)))})
+        pit_cal = np.concatenate([norm.cdf((logg_cal - m) / s) for m, s in (predict(*cals[snr]) for snr in args.snr)])
+        pit_test = np.concatenate([norm.cdf((logg - m) / s) for m, s in (predict(*tests[snr]) for snr in args.snr)])
+        snr_cal = np.repeat(np.asarray(args.snr, dtype=float), logg_cal.size)
+        for record in calibration_records(name, pit_cal, snr_cal, pit_test, snr_rows, third_rows, third_labels):
+            emit(record)
+
+
+def calibration_records(name, pit_cal, snr_cal, pit_test, snr_test, third_test, third_labels):
+    """Fit the global and the S/N-conditioned PIT recalibrators on the calibration PIT and judge the
+    recalibrated test PIT per S/N and per [M/H] third (one JSON record per calibrator, and one for
+    the raw PIT)."""
+    from calipers.calibrate import LocalPITConfig, LocalPITRecalibrator, PITRecalibrator
+    from calipers.validate.grouped import coverage_by_group
+
+    groups = {"snr": snr_test, "m_h_third": third_test}
+    labels = {"m_h_third": third_labels}
+    out = {"raw": pit_test}
+    t0 = time.perf_counter()
+    out["pit_global"] = PITRecalibrator(n_knots=100).fit(pit_cal).transform_cdf(pit_test)
+    seconds = {"pit_global": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    local = LocalPITRecalibrator(LocalPITConfig(seed=0)).fit(np.log(snr_cal)[:, None], pit_cal)
+    out["pit_local"] = local.transform_cdf(pit_test[:, None], np.log(snr_test)[:, None])[:, 0]
+    seconds["pit_local"] = time.perf_counter() - t0
+    for method, pit in out.items():
+        rows = coverage_by_group(pit, groups, labels)
+        worst = max(abs(r[k]) for r in rows for k in ("error68", "error95"))
+        yield {"benchmark": "spectra", "what": "calibration", "model": name, "calibrator": method,
+               "fit_seconds": round(seconds.get(method, 0.0), 1), "pit_ks": rows[0]["pit_ks"],
+               "coverage68": rows[0]["coverage68"], "coverage95": rows[0]["coverage95"],
+               "max_abs_coverage_error": worst, "passes_0.02": bool(worst <= 0.02),
+               "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
 
 
 if __name__ == "__main__":
