@@ -40,3 +40,19 @@ def test_bound_comparison_efficiency_and_leakage_flag():
     assert all(r["efficiency"] is None and r["r2_max"] is None and not r["leakage"] for r in rows)
     with pytest.raises(ValueError, match="group 'snr'"):
         bound_comparison(m, y, {"snr": snr[:10]}, {})
+
+
+def test_group_ceilings_exact_and_band_brackets_it():
+    from calipers.spectra.bound import group_ceilings
+
+    y = np.tile([1.0, 2.0, 3.0, 4.0], 50)  # Var = 1.25 in every group
+    snr = np.repeat([5.0, 20.0], 100)
+    sigma = np.where(snr == 5.0, 0.5, 0.25)  # constant per group: R^2_max = 1 - s^2 / 1.25 exactly
+    out = group_ceilings(sigma, y, {"snr": snr}, n_boot=100, seed=1)["snr"]
+    assert out["5"]["r2_max"] == pytest.approx(1 - 0.25 / 1.25)
+    assert out["20"]["r2_max"] == pytest.approx(1 - 0.0625 / 1.25)
+    assert out["5"]["n"] == 100
+    for row in out.values():
+        assert row["lo"] <= row["r2_max"] <= row["hi"] and row["hi"] - row["lo"] < 0.1
+    with pytest.raises(ValueError, match="row 3"):
+        group_ceilings(np.array([0.1, 0.1, 0.1, np.nan]), np.arange(4.0), {})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["r2_score", "rmse", "bound_comparison", "LEAKAGE_THRESHOLD"]
+__all__ = ["r2_score", "rmse", "bound_comparison", "group_ceilings", "bootstrap_interval", "LEAKAGE_THRESHOLD"]
 
 LEAKAGE_THRESHOLD = 1.05
 
@@ -74,6 +74,61 @@ def bound_comparison(pred, truth, groups: dict[str, np.ndarray], ceilings: dict[
                          "rmse": rmse(m[sel], y[sel]), "r2_max": ceiling, "efficiency": eff,
                          "leakage": bool(eff is not None and eff > leakage_threshold)})
     return rows
+
+
+def bootstrap_interval(statistic, arrays: tuple[np.ndarray, ...], n_boot: int = 200, seed: int = 0,
+                       level: float = 0.68) -> tuple[float, float]:
+    """Central ``level`` interval of ``statistic(*arrays)`` over ``n_boot`` bootstrap resamples of the
+    rows (seeded); (nan, nan) for fewer than 2 rows or ``n_boot`` < 1."""
+    n = len(arrays[0])
+    if n < 2 or n_boot < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        rows = rng.integers(0, n, n)
+        values[b] = statistic(*(a[rows] for a in arrays))
+    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def group_ceilings(sigma, truth, groups: dict[str, np.ndarray], n_boot: int = 200, seed: int = 0) -> dict[str, dict]:
+    """R^2_max of every group from per-object ceiling sigmas, with a bootstrap band over the objects.
+
+    ``R^2_max = 1 - mean(sigma^2) / Var(truth)`` over the group's objects
+    (:func:`calipers.spectra.fisher.r2_ceiling`, repeated here on arrays so that this module needs no
+    torch). The band (16th-84th percentile of ``n_boot`` resamples) is the sampling uncertainty of the
+    ceiling from a finite set of stars, the band drawn around it in the R^2-vs-S/N figure.
+
+    Returns
+    -------
+    grouping name -> {group key (as :func:`bound_comparison` writes it) -> {"r2_max", "lo", "hi", "n"}}
+    """
+    sig = np.asarray(sigma, dtype=float)
+    y = np.asarray(truth, dtype=float)
+    if sig.shape != y.shape or sig.ndim != 1:
+        raise ValueError(f"group_ceilings: sigma {sig.shape} and truth {y.shape} must be 1-d of one length")
+    bad = np.flatnonzero(~(np.isfinite(sig) & np.isfinite(y)))
+    if bad.size:
+        raise ValueError(f"group_ceilings: sigma or truth not finite in {bad.size} row(s), first at row {bad[0]}")
+
+    def ceiling(s, t):
+        var = float(np.var(t))
+        return 1.0 - float(np.mean(s ** 2)) / var if var > 0 else float("nan")
+
+    out: dict[str, dict] = {}
+    for name, values in groups.items():
+        v = np.asarray(values)
+        if v.shape != y.shape:
+            raise ValueError(f"group {name!r} has {v.size} values for {y.size} objects")
+        table = {}
+        for k, value in enumerate(np.unique(v)):
+            sel = v == value
+            lo, hi = bootstrap_interval(ceiling, (sig[sel], y[sel]), n_boot, seed + k)
+            table[_key(value)] = {"r2_max": ceiling(sig[sel], y[sel]) if sel.sum() >= 2 else float("nan"),
+                                  "lo": lo, "hi": hi, "n": int(sel.sum())}
+        out[name] = table
+    return out
 
 
 def _key(value) -> str:
