@@ -5,6 +5,8 @@ import html
 import json
 import os
 
+import numpy as np
+
 
 def _close(fig) -> None:
     """Release a figure: pyplot-managed figures are closed there, plain ``Figure`` objects
@@ -63,3 +65,19 @@ def write_report(directory: str, title: str, summary: dict, checks: list, figure
     with open(os.path.join(directory, "index.html"), "w") as fh:
         fh.write(page)
     return directory
+
+
+def html_table(rows: list[dict], columns: list[str], caption: str) -> str:
+    """An HTML section: ``caption`` as a heading and a table of ``rows`` (dicts) in ``columns``;
+    floats to 4 significant digits, None as a dash, every value escaped."""
+    def fmt(v):
+        if v is None:
+            return "&mdash;"
+        if isinstance(v, float):
+            return "nan" if not np.isfinite(v) else f"{v:.4g}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<h3>{html.escape(caption)}</h3><table><tr>{head}</tr>{body}</table>"
+

@@ -3,7 +3,7 @@
 Importing this package registers every calipers stage with ceci.
 """
 from calipers.stages.photoz import PZEstimate, PZInform
-from calipers.stages.validation import PhotozReport, ShiftTest, ValidationGate
+from calipers.stages.validation import DistributionGate, PhotozReport, ShiftTest, ValidationGate
 from calipers.stages.calibration import PZApplyCalibration, PZCalibrate
 from calipers.stages.catalogs import CatalogCut, CatalogSplit
 from calipers.stages.specz import ActiveSpecZSelect, ShiftWeights, SpecSelection
@@ -13,8 +13,10 @@ from calipers.stages.sensitivity import SensitivityGate
 from calipers.stages.lens import (ClassifierApplyCalibration, ClassifierCalibrate, ClassifierCalibrateWithNegatives,
                                   ClassifierGate, LensCutouts, LensReport, LensScore, LensSelectionFunction,
                                   LensSimulate, LensTrain)
-from calipers.stages.spectra import FisherBound, SpectraEstimate, SpectraSimulate, SpectraTrain
+from calipers.stages.spectra import (BoundComparison, FisherBound, SpectraEstimate, SpectraReport, SpectraSimulate,
+                                     SpectraTrain)
 
-__all__ = ["SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",
+__all__ = ["SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "BoundComparison", "SpectraReport",
+           "DistributionGate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",
            "ClassifierCalibrateWithNegatives", "ClassifierApplyCalibration",
            "LensSelectionFunction", "ClassifierGate", "LensReport", "SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl", "CatalogCut", "CatalogSplit", "SpecSelection", "ShiftWeights", "ActiveSpecZSelect", "NZEstimate", "NZGate", "TheoryCl", "TomographicBinning", "SensitivityGate", "ShiftTest", "PhotozReport", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]

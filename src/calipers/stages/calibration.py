@@ -276,7 +276,8 @@ class PZApplyCalibration(CalipersStage):
 
     ``catalog`` is the catalog the p(z) were estimated from (one row per distribution); the
     ``pit_local`` method reads its features from it, every method checks its length and, when
-    both carry object ids, that they match row by row. The ancil is copied, except RAIL point
+    both carry object ids, that they match row by row. The ancil is copied, except the columns named
+    in ``drop_ancil`` (dropped: they describe the input distributions) and RAIL point
     estimates (zmode, zmean, zmedian, zlo68, zhi68), which are recomputed from the calibrated
     p(z); a row that could not be calibrated (invalid input p(z) or calibrated result) is NaN
     in the p(z) and in those point estimates - never the stale input values. p(z) from another
@@ -300,6 +301,8 @@ class PZApplyCalibration(CalipersStage):
                                           "both exist ('' = do not compare)"),
         "on_model_mismatch": Param(str, "error", msg="p(z) from another model than the calibrator was fitted on: "
                                                      "error, or warn and apply anyway"),
+        "drop_ancil": Param(list, [], msg="Ancil columns that describe the input distributions (e.g. logg_mean, "
+                                          "logg_std) and so are not copied to the calibrated ones"),
     }
 
     def validate(self):
@@ -351,6 +354,11 @@ class PZApplyCalibration(CalipersStage):
         meta = {"pdf_name": np.array([b"interp"]), "pdf_version": np.array([0]), "xvals": zgrid[None, :]}
         first = read_qp_rows(path, 0, 1)
         ancil_names = sorted(first.ancil) if first.ancil else []
+        unknown = sorted(set(self.config["drop_ancil"]) - set(ancil_names))
+        if unknown:
+            raise ConfigError(f"stage {self.instance_name}: drop_ancil names {unknown}, which {path} does not carry "
+                              f"(its ancil: {ancil_names})")
+        ancil_names = [k for k in ancil_names if k not in self.config["drop_ancil"]]
         chunk = self.config["chunk_size"]
         ranges = catalog.chunk_ranges(n, chunk, self.rank, self.size)
         layout = dict(meta=meta, data_shapes={"yvals": (nz,)}, ancil_names=ancil_names, ancil_dtypes={"id": np.int64})

@@ -18,6 +18,7 @@ from calipers.core.file_types import (ClassPredictionsFile, CutoutIndex, ImageSe
                                       ReportDir)
 from calipers.core.gate_stage import GateStage
 from calipers.core.options import GATE_OPTIONS
+from calipers.core.report import html_table
 from calipers.core.stage import DEVICE_OPTION, CalipersStage, Param, rank_block_range
 
 log = logging.getLogger(__name__)
@@ -689,21 +690,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=json_default, allow_nan=True))
 
 
-def _html_table(rows: list[dict], columns: list[str], caption: str) -> str:
-    import html as _html
-
-    def fmt(v):
-        if v is None:
-            return "&mdash;"
-        if isinstance(v, float):
-            return "nan" if not np.isfinite(v) else f"{v:.4g}"
-        return _html.escape(str(v))
-
-    head = "".join(f"<th>{_html.escape(c)}</th>" for c in columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<h3>{_html.escape(caption)}</h3><table><tr>{head}</tr>{body}</table>"
-
-
 class LensReport(CalipersStage):
     """One HTML page on the lens finder: ROC of the calibrated ensemble against the single-CNN
     baseline (member 0, one view, uncalibrated), reliability and purity plots, the selection
@@ -787,15 +773,15 @@ class LensReport(CalipersStage):
         figures["gallery_missed_lenses"] = cplots.cutout_gallery(lens_imgs, lens_titles, **stretch)
 
         diversity = ensemble_diversity(test.member_logits, threshold=threshold)
-        sections = [_html_table(gate.get("checks", []), ["name", "value", "op", "threshold", "passed", "why"],
+        sections = [html_table(gate.get("checks", []), ["name", "value", "op", "threshold", "passed", "why"],
                                 "Gate checks (ClassifierGate)")]
         for name, rows in sf["strata"].items():
-            sections.append(_html_table(rows, list(rows[0]) if rows else [],
+            sections.append(html_table(rows, list(rows[0]) if rows else [],
                                         f"Completeness by {name} at FPR {sf.get('fpr_target')}"))
-        sections.append(_html_table(sf["fpr_classes"], list(sf["fpr_classes"][0].keys()) if sf["fpr_classes"] else [],
+        sections.append(html_table(sf["fpr_classes"], list(sf["fpr_classes"][0].keys()) if sf["fpr_classes"] else [],
                                     "False-positive rate per contaminant class"))
         hist = model_meta.get("histories", [])
-        sections.append(_html_table([{"member": i, "seed": h["seed"], "epochs": h["epochs"], "best_epoch": h["best_epoch"],
+        sections.append(html_table([{"member": i, "seed": h["seed"], "epochs": h["epochs"], "best_epoch": h["best_epoch"],
                                       "best_val_auroc": h["best_val_auroc"], "seconds": h["seconds"],
                                       "specialisation": h.get("specialisation")} for i, h in enumerate(hist)],
                                     ["member", "seed", "epochs", "best_epoch", "best_val_auroc", "seconds",

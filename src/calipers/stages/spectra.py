@@ -16,6 +16,9 @@ import numpy as np
 
 from calipers.core.errors import ConfigError, FileFormatError
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile, ReportDir, SpectrumSetFile
+from calipers.core.gate_stage import GateStage
+from calipers.core.options import GATE_OPTIONS
+from calipers.core.report import html_table
 from calipers.core.stage import DEVICE_OPTION, CalipersStage, Param, rank_block_range
 
 log = logging.getLogger(__name__)
@@ -834,3 +837,205 @@ class SpectraEstimate(CalipersStage):
             dt = time.perf_counter() - t0
             log.info("%s: log g distributions of %d spectra (%s, %d member(s)) in %.1f s", self.instance_name, n,
                      reg.kind, m, dt)
+
+
+# ============================================================================ model vs ceiling
+
+class BoundComparison(GateStage):
+    """How close a log g model comes to the information ceiling, per S/N and per [M/H] third, and a
+    gate against leakage.
+
+    Reads the model's log g distributions (any qp ensemble: ``SpectraEstimate``'s mixtures or their
+    calibrated form) and the ``FisherBound`` catalog of the same spectrum set (row i of both = row i
+    of the set: ids and S/N are compared when the ensemble's ancil carries them). The point estimate
+    is each distribution's mean (on the grid ``xmin .. xmax``). Per group: R^2, RMSE, the ceiling
+    R^2_max = 1 - mean(sigma^2) / Var(log g) from the catalog's ``ceiling_column`` (default the
+    Bayesian bound with the continuum known), its bootstrap band, the efficiency R^2 / R^2_max and a
+    bootstrap interval of R^2 (:mod:`calipers.spectra.bound`). An efficiency above
+    ``max_efficiency`` (1.05) in any group fails the gate: the model knows more than the spectra
+    carry, which means the truth leaked in (a channel built from noise-free data, test stars in
+    training). Writes ``report.json`` (table ``comparison``, with ``model``), the R^2-vs-S/N figure
+    and ``index.html``.
+    """
+
+    name = "BoundComparison"
+    parallel = False
+    inputs = [("logg_pdf", QPEnsembleFile), ("fisher_bounds", HDF5Catalog)]
+    outputs = [("bound_comparison", ReportDir)]
+    report_tag = "bound_comparison"
+    config_options = CalipersStage.config_options | GATE_OPTIONS | {
+        "model_name": Param(str, "", msg="Name of the model in tables and figures ('' = the stage's instance name)"),
+        "ceiling_column": Param(str, "sigma_bayes", msg="Fisher-bound column whose sigma sets the ceiling: "
+                                                        "sigma_bayes (continuum known, as simulated), "
+                                                        "sigma_bayes_continuum, sigma_crlb, sigma_crlb_continuum"),
+        "max_efficiency": Param(float, 1.05, msg="Largest allowed efficiency R^2 / R^2_max in any group (above: "
+                                                 "probable leakage)"),
+        "m_h_bins": Param(int, 3, msg="Quantile bins of [M/H] judged one by one (3 = thirds)"),
+        "xmin": Param(float, -1.0, msg="Start of the log g grid the distribution means are taken on"),
+        "xmax": Param(float, 7.0, msg="End of the grid"),
+        "nx": Param(int, 801, msg="Points in the grid"),
+        "n_boot": Param(int, 200, msg="Bootstrap resamples of the stars for the bands of R^2 and R^2_max"),
+        "chunk_size": Param(int, 20_000, msg="Distributions per chunk"),
+    }
+
+    FISHER_COLUMNS = ("star_id", "snr", "logg", "m_h")
+
+    def validate(self):
+        super().validate()
+        c = self.config
+        if c["ceiling_column"] not in ("sigma_bayes", "sigma_bayes_continuum", "sigma_crlb", "sigma_crlb_continuum"):
+            raise ConfigError(f"stage {self.instance_name}: ceiling_column must be a sigma column of FisherBound's "
+                              f"catalog (sigma_bayes, sigma_bayes_continuum, sigma_crlb, sigma_crlb_continuum), got "
+                              f"{c['ceiling_column']!r}")
+        if not c["xmax"] > c["xmin"] or c["nx"] < 2 or c["m_h_bins"] < 1 or c["n_boot"] < 0 or c["chunk_size"] < 1:
+            raise ConfigError(f"stage {self.instance_name}: needs xmax > xmin, nx >= 2, m_h_bins >= 1, n_boot >= 0 "
+                              "and chunk_size >= 1")
+
+    def _point_estimates(self, path: str, fisher: dict, fisher_path: str) -> np.ndarray:
+        from calipers.core.catalog import chunk_ranges, compare_ids
+        from calipers.core.qpio import qp_size, read_qp_rows
+        from calipers.validate.metrics import grid_pdfs, grid_point_estimates
+
+        c = self.config
+        n = qp_size(path)
+        if n != len(fisher["logg"]):
+            raise ValueError(f"{path} holds {n} distributions but the Fisher-bound catalog {fisher_path} has "
+                             f"{len(fisher['logg'])} rows: both must describe the same spectrum set, row by row")
+        grid = np.linspace(c["xmin"], c["xmax"], c["nx"])
+        mean = np.full(n, np.nan)
+        for start, end in chunk_ranges(n, c["chunk_size"]):
+            ens = read_qp_rows(path, start, end)
+            ancil = ens.ancil or {}
+            if "star_id" in ancil:
+                compare_ids(ancil["star_id"], fisher["star_id"][start:end], start, path, fisher_path, "star_id")
+            if "snr" in ancil and not np.allclose(np.asarray(ancil["snr"], dtype=float), fisher["snr"][start:end]):
+                row = start + int(np.argmax(~np.isclose(np.asarray(ancil["snr"], dtype=float), fisher["snr"][start:end])))
+                raise ValueError(f"{path}: row {row}: S/N {float(ancil['snr'][row - start]):g} but {fisher_path} has "
+                                 f"{fisher['snr'][row]:g}: not the same rows")
+            pdfs, valid = grid_pdfs(ens, grid)
+            if not valid.all():
+                row = start + int(np.argmax(~valid))
+                raise ValueError(f"{path}: row {row}: the distribution is not finite on the grid "
+                                 f"[{c['xmin']:g}, {c['xmax']:g}]")
+            mean[start:end] = grid_point_estimates(pdfs, grid, ["zmean"])["zmean"]
+        return mean
+
+    def process(self):
+        from calipers.core.spectrum_sets import read_fisher_bounds
+        from calipers.spectra.bound import bootstrap_interval, bound_comparison, group_ceilings, r2_score
+        from calipers.validate import spectra_plots
+        from calipers.validate.gate import Check
+        from calipers.validate.grouped import quantile_bins
+
+        c = self.config
+        path, fisher_path = self.input_path("logg_pdf"), self.input_path("fisher_bounds")
+        cols, _ = read_fisher_bounds(fisher_path)
+        missing = [k for k in (*self.FISHER_COLUMNS, c["ceiling_column"]) if k not in cols]
+        if missing:
+            raise FileFormatError(f"{fisher_path}: Fisher-bound column(s) {missing} missing (has {sorted(cols)})")
+        fisher = {k: np.asarray(cols[k], dtype=float) for k in (*self.FISHER_COLUMNS, c["ceiling_column"])}
+        sigma = fisher[c["ceiling_column"]]
+        bad = np.flatnonzero(~np.isfinite(sigma))
+        if bad.size:
+            raise ValueError(f"{fisher_path}: column '{c['ceiling_column']}' is not finite in {bad.size} row(s), first "
+                             f"at row {bad[0]} (a singular Fisher matrix): no ceiling for those stars")
+        pred = self._point_estimates(path, fisher, fisher_path)
+        model = c["model_name"] or self.instance_name
+        third, edges = quantile_bins(fisher["m_h"], c["m_h_bins"])
+        third_label = np.array([f"[{edges[k]:.2f}, {edges[k + 1]:.2f}]" for k in third])
+        groups = {"snr": fisher["snr"], "m_h": third_label}
+        ceilings = group_ceilings(sigma, fisher["logg"], groups, n_boot=c["n_boot"], seed=c["seed"])
+        rows = bound_comparison(pred, fisher["logg"], groups,
+                                {g: {k: v["r2_max"] for k, v in t.items()} for g, t in ceilings.items()},
+                                model=model, leakage_threshold=c["max_efficiency"])
+        for k, row in enumerate(rows):
+            band = ceilings[row["grouping"]][row["group"]]
+            sel = groups[row["grouping"]] == (float(row["group"]) if row["grouping"] == "snr" else row["group"])
+            r2_lo, r2_hi = bootstrap_interval(r2_score, (pred[sel], fisher["logg"][sel]), c["n_boot"], c["seed"] + k)
+            row |= {"r2_max_lo": band["lo"], "r2_max_hi": band["hi"], "r2_lo": r2_lo, "r2_hi": r2_hi}
+            if row["grouping"] == "snr":
+                row["snr"] = float(row["group"])
+        checks = [Check(f"efficiency[{r['grouping']}={r['group']}]", r["efficiency"], "<=", c["max_efficiency"],
+                        why=f"R^2 {r['r2']:.3f} against R^2_max {r['r2_max']:.3f}; above: the model knows more than "
+                            "the spectra carry (probable leakage)")
+                  for r in rows if r["efficiency"] is not None]
+        snr_rows = [r for r in rows if r["grouping"] == "snr"]
+        ceiling_rows = [{"snr": r["snr"], "r2_max": r["r2_max"], "lo": r["r2_max_lo"], "hi": r["r2_max_hi"]}
+                        for r in snr_rows]
+        summary = {"model": model, "n": int(pred.size), "ceiling_column": c["ceiling_column"],
+                   "r2_all": r2_score(pred, fisher["logg"])}
+        for r in snr_rows:
+            summary[f"S/N {r['group']}: R^2 / R^2_max"] = f"{r['r2']:.4f} / {r['r2_max']:.4f} = {r['efficiency']:.3f}"
+        figures = {"r2_vs_snr": spectra_plots.r2_models_vs_snr(ceiling_rows, {model: snr_rows})}
+        table = html_table(rows, ["grouping", "group", "n", "r2", "r2_lo", "r2_hi", "rmse", "r2_max", "r2_max_lo",
+                                  "r2_max_hi", "efficiency", "leakage"], f"{model}: R^2 against the ceiling")
+        self.conclude(f"log g against its information ceiling: {model}", summary, checks, figures,
+                      extra_html=table, extra={"model": model, "comparison": rows, "m_h_edges": edges.tolist()})
+
+
+class SpectraReport(CalipersStage):
+    """One HTML page for the stellar-spectra family: the information ceiling, every model against
+    it, and the calibration of the delivered model's log g distributions.
+
+    Reads the reports of ``FisherBound`` (``ceiling_report``), of ``BoundComparison`` for the
+    delivered model (``bound_comparison``) and for the two baselines (``ridge_comparison``,
+    ``lightgbm_comparison``), and of the ``DistributionGate`` of the calibrated distributions
+    (``calibration_gate``). Draws the family's core figure, R^2 vs S/N of every model with the
+    ceiling and its band, the efficiency per S/N, sigma_CRLB vs S/N and the coverage per S/N and per
+    [M/H] third, with the tables beside them.
+    """
+
+    name = "SpectraReport"
+    parallel = False
+    inputs = [("ceiling_report", ReportDir), ("bound_comparison", ReportDir), ("ridge_comparison", ReportDir),
+              ("lightgbm_comparison", ReportDir), ("calibration_gate", ReportDir)]
+    outputs = [("spectra_report", ReportDir)]
+    config_options = CalipersStage.config_options
+
+    def _read(self, tag: str) -> dict:
+        from calipers.core.provenance import read_json_object
+
+        return read_json_object(os.path.join(self.input_path(tag), "report.json"), FileFormatError)
+
+    def process(self):
+        from calipers.core.report import write_report
+        from calipers.validate import plots, spectra_plots
+
+        ceiling = self._read("ceiling_report")
+        gate = self._read("calibration_gate")
+        comparisons = [self._read(t) for t in ("bound_comparison", "ridge_comparison", "lightgbm_comparison")]
+        for tag, rep in zip(("bound_comparison", "ridge_comparison", "lightgbm_comparison"), comparisons):
+            if "comparison" not in rep:
+                raise FileFormatError(f"{self.input_path(tag)}/report.json: no 'comparison' table; is it a "
+                                      "BoundComparison report?")
+        if "coverage_by_group" not in gate:
+            raise FileFormatError(f"{self.input_path('calibration_gate')}/report.json: no 'coverage_by_group' table; "
+                                  "is it a DistributionGate report?")
+        models = {rep["model"]: [r for r in rep["comparison"] if r["grouping"] == "snr"] for rep in comparisons}
+        first = next(iter(models.values()))
+        ceiling_rows = [{"snr": r["snr"], "r2_max": r["r2_max"], "lo": r["r2_max_lo"], "hi": r["r2_max_hi"]}
+                        for r in first]
+        table = ceiling.get("ceiling", [])
+        prior_sigma = ceiling.get("settings", {}).get("prior_sigma_logg")
+        headline = "_continuum" if ceiling.get("settings", {}).get("headline") == "continuum" else ""
+        figures = {"r2_vs_snr": spectra_plots.r2_models_vs_snr(ceiling_rows, models),
+                   "sigma_crlb_vs_snr": spectra_plots.crlb_vs_snr(table, prior_sigma, headline),
+                   "coverage_by_group": plots.grouped_coverage_figure(gate["coverage_by_group"])}
+        summary = {"calibration_gate": "passed" if gate.get("passed") else "FAILED"}
+        for rep in comparisons:
+            summary[f"{rep['model']}: bound comparison"] = "passed" if rep.get("passed") else "FAILED (leakage)"
+            for r in rep["comparison"]:
+                if r["grouping"] == "snr" and r["efficiency"] is not None:
+                    summary[f"{rep['model']} S/N {r['group']}: efficiency"] = r["efficiency"]
+        sections = [html_table([r for rep in comparisons for r in rep["comparison"]],
+                               ["model", "grouping", "group", "n", "r2", "rmse", "r2_max", "efficiency", "leakage"],
+                               "R^2, RMSE and efficiency per S/N and per [M/H] third"),
+                    html_table(gate["coverage_by_group"], ["grouping", "group", "n", "coverage68", "coverage95", "pit_ks"],
+                               "Calibrated log g distributions: coverage and PIT KS per group"),
+                    html_table(table, [k for k in ("snr", "n", "sigma_crlb_median", "sigma_crlb_median_continuum",
+                                                   "r2_bayes", "r2_bayes_continuum") if table and k in table[0]],
+                               "Information ceiling per S/N (FisherBound)")]
+        write_report(self.output_path("spectra_report"), "Stellar spectra: log g against its information ceiling",
+                     summary, [], figures, provenance=self.provenance(), extra_html="\n".join(sections),
+                     extra={"models": list(models), "comparison": [r for rep in comparisons for r in rep["comparison"]],
+                            "coverage_by_group": gate["coverage_by_group"]})

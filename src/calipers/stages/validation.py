@@ -99,6 +99,156 @@ class ValidationGate(GateStage):
         self.conclude(f"p(z) validation gate: {os.path.basename(pz_path)}", m, checks, figures)
 
 
+MAX_DISTINCT_GROUPS = 50
+
+
+def group_keys(values: np.ndarray, spec, column: str, path: str) -> tuple[np.ndarray, dict]:
+    """Group key of every row of ``column`` and the label of every key, for one entry of
+    ``DistributionGate.group_bins``: ``"values"`` (one group per distinct value, at most
+    :data:`MAX_DISTINCT_GROUPS`), an integer k (k quantile bins: thirds for 3) or a list of bin edges.
+    Rows in no group get key -1. Errors name the file and the column."""
+    from calipers.validate.grouped import edge_bins, quantile_bins
+
+    v = np.asarray(values, dtype=float)
+    where = f"{path}: group column '{column}'"
+    if spec == "values":
+        distinct = np.unique(v[np.isfinite(v)])
+        if distinct.size > MAX_DISTINCT_GROUPS:
+            raise ConfigError(f"{where} has {distinct.size} distinct values (more than {MAX_DISTINCT_GROUPS}): give "
+                              "group_bins a number of quantile bins or a list of edges for it instead of 'values'")
+        keys = np.where(np.isfinite(v), v, -1.0)
+        return keys, {}
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec < 1:
+            raise ConfigError(f"{where}: group_bins entry must be >= 1 quantile bins, got {spec}")
+        keys, edges = quantile_bins(v, spec)
+    elif isinstance(spec, (list, tuple)):
+        try:
+            keys, edges = edge_bins(v, [float(e) for e in spec]), np.asarray(spec, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: group_bins entry {spec!r}: {err}") from err
+    else:
+        raise ConfigError(f"{where}: a group_bins entry is 'values', a number of quantile bins or a list of edges, "
+                          f"got {spec!r}")
+    return keys, {k: f"[{edges[k]:.3g}, {edges[k + 1]:.3g}]" for k in range(len(edges) - 1)}
+
+
+class DistributionGate(GateStage):
+    """Judge any 1-D predictive distributions (a qp ensemble: p(z), log g, ...) against the truth,
+    overall and per group, and stop the pipeline if they are not calibrated.
+
+    The PIT of every row is its distribution's CDF at the truth (the distributions put on the grid
+    ``xmin .. xmax``, one CDF convention, :mod:`calipers.gridpdf`). Checks: the invalid fraction,
+    the PIT KS distance of all rows, and |coverage - nominal| of the central 68 and 95% intervals
+    overall and in every group of every grouping with at least ``min_group_size`` rows (and,
+    optionally, each group's PIT KS). Groupings are columns of the truth catalog (``group_columns``)
+    binned by ``group_bins``: e.g. ``snr`` by ``values`` (one group per S/N of a fixed-S/N test set)
+    and ``m_h`` by ``3`` (metallicity thirds). A model calibrated only on average, over-confident
+    where the data are poor and under-confident where they are rich, passes a pooled check and
+    fails here. Reports the mean CRPS beside them. Writes ``report.json`` (with the table
+    ``coverage_by_group``), a PIT histogram, the coverage per group and ``index.html``.
+
+    Distributions and truth are matched by row (equal row counts are checked).
+    """
+
+    name = "DistributionGate"
+    parallel = False
+    inputs = [("distributions", QPEnsembleFile), ("truth", HDF5Catalog)]
+    outputs = [("report", ReportDir)]
+    config_options = CalipersStage.config_options | GATE_OPTIONS | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalog holding the columns (a spectrum "
+                                                       "set: meta)"),
+        "truth_column": Param(str, "redshift", msg="Column of the truth catalog with the true value of each row"),
+        "xmin": Param(float, 0.0, msg="Start of the grid the distributions are evaluated on"),
+        "xmax": Param(float, 3.0, msg="End of the grid"),
+        "nx": Param(int, 601, msg="Points in the grid"),
+        "group_columns": Param(list, [], msg="Truth-catalog columns whose groups are judged one by one"),
+        "group_bins": Param(list, [], msg="Per group column: 'values' (one group per distinct value), a number of "
+                                          "quantile bins (3 = thirds) or a list of edges"),
+        "max_pit_ks": Param(float, 0.05, msg="Largest allowed KS distance of the PIT of all rows from uniform"),
+        "max_coverage_error": Param(float, 0.02, msg="Largest allowed |coverage - nominal| at 68% and 95%, overall "
+                                                     "and in every group"),
+        "max_group_pit_ks": Param(float, 1.0, msg="Largest allowed PIT KS distance in a group (1 = not checked)"),
+        "min_group_size": Param(int, 100, msg="Groups with fewer rows are shown but not judged (too noisy)"),
+        "max_invalid_fraction": Param(float, 0.0, msg="Largest allowed fraction of rows with NaN/inf "
+                                                      "distributions or truth"),
+        "chunk_size": Param(int, 20_000, msg="Distributions per chunk"),
+    }
+
+    @classmethod
+    def required_columns(cls, config):
+        return {"truth": (config["hdf5_groupname"], [config["truth_column"]] + list(config["group_columns"]))}
+
+    def validate(self):
+        super().validate()
+        c = self.config
+        if len(c["group_bins"]) != len(c["group_columns"]):
+            raise ConfigError(f"stage {self.instance_name}: group_bins needs one entry per group column "
+                              f"({c['group_columns']}), got {c['group_bins']}")
+        if not c["xmax"] > c["xmin"] or c["nx"] < 2:
+            raise ConfigError(f"stage {self.instance_name}: the grid needs xmax > xmin and nx >= 2, got "
+                              f"[{c['xmin']}, {c['xmax']}] with {c['nx']} points")
+        if c["chunk_size"] < 1 or c["min_group_size"] < 1:
+            raise ConfigError(f"stage {self.instance_name}: chunk_size and min_group_size must be >= 1")
+
+    def process(self):
+        from calipers.core.qpio import qp_size, read_qp_rows
+        from calipers.validate import plots
+        from calipers.validate.grouped import coverage_by_group, grouped_coverage_checks
+        from calipers.core.report import html_table
+        from calipers.gridpdf import crps_values
+        from calipers.validate.gate import Check
+        from calipers.validate.metrics import grid_pdfs, pit_values
+
+        c = self.config
+        path, truth_path = self.input_path("distributions"), self.input_path("truth")
+        group, col = c["hdf5_groupname"], c["truth_column"]
+        n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no distributions (0 rows); there is nothing to judge")
+        n_truth = catalog.require_columns(truth_path, group, [col] + list(c["group_columns"]))
+        if n_truth != n:
+            raise ValueError(f"{path} holds {n} distributions but {truth_path} (group '{group}') has {n_truth} rows")
+        grid = np.linspace(c["xmin"], c["xmax"], c["nx"])
+        pit, ok, crps = np.full(n, np.nan), np.zeros(n, dtype=bool), np.full(n, np.nan)
+        for start, end in catalog.chunk_ranges(n, c["chunk_size"]):
+            truth = catalog.read_columns(truth_path, group, [col], start, end)[col].astype(float)
+            pdfs, valid = grid_pdfs(read_qp_rows(path, start, end), grid)
+            valid &= np.isfinite(truth)
+            if valid.any():
+                pit[start:end][valid] = pit_values(pdfs[valid], grid, truth[valid])
+                crps[start:end][valid] = crps_values(pdfs[valid], grid, truth[valid])
+            ok[start:end] = valid
+        if not ok.any():
+            raise CatalogError(f"{path}: no row has a finite distribution and truth ('{col}' of {truth_path})")
+        groups, labels = {}, {}
+        if c["group_columns"]:
+            cols = catalog.read_columns(truth_path, group, list(c["group_columns"]))
+            for name, spec in zip(c["group_columns"], c["group_bins"]):
+                keys, lab = group_keys(cols[name], spec, name, truth_path)
+                groups[name], labels[name] = keys[ok], lab
+        rows = coverage_by_group(np.clip(pit[ok], 0.0, 1.0), groups, labels)
+        n_invalid = int(n - ok.sum())
+        checks = [Check("invalid_fraction", n_invalid / n, "<=", c["max_invalid_fraction"],
+                        why="rows with NaN/inf distribution or truth")]
+        checks += grouped_coverage_checks(rows, c["max_coverage_error"], min_group_size=c["min_group_size"])
+        checks.append(Check("pit_ks", rows[0]["pit_ks"], "<=", c["max_pit_ks"], why="PIT uniformity, all rows"))
+        if c["max_group_pit_ks"] < 1.0:
+            checks += [ch for ch in grouped_coverage_checks(rows[1:], 1.0, max_pit_ks=c["max_group_pit_ks"],
+                                                            min_group_size=c["min_group_size"])
+                       if ch.name.startswith("pit_ks")]
+        summary = {"n": n, "n_invalid": n_invalid, "truth_column": col, "pit_ks": rows[0]["pit_ks"],
+                   "coverage68": rows[0]["coverage68"], "coverage95": rows[0]["coverage95"],
+                   "crps": float(np.mean(crps[ok]))}
+        figures = {"pit_histogram": plots.pit_histogram(pit[ok])}
+        if groups:
+            figures["coverage_by_group"] = plots.grouped_coverage_figure(rows, c["max_coverage_error"])
+        table = html_table(rows, ["grouping", "group", "n", "coverage68", "error68", "coverage95", "error95", "pit_ks"],
+                           "Coverage and PIT KS per group")
+        self.conclude(f"Distribution gate: {col} of {os.path.basename(path)}", summary, checks, figures,
+                      extra_html=table, extra={"coverage_by_group": rows})
+
+
 class ShiftTest(GateStage):
     """Test whether a target catalog's photometry is drawn like the training catalog's.
 

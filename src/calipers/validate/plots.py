@@ -71,6 +71,30 @@ def coverage_curve_values(levels, empirical):
     return fig
 
 
+def grouped_coverage_figure(rows, tolerance: float | None = None, title: str = "Coverage per group"):
+    """Coverage of the central 68 and 95% intervals per group (rows of
+    :func:`calipers.validate.grouped.coverage_by_group`), one panel per grouping, with the nominal
+    level and, when given, the band nominal +- ``tolerance`` a gate allows."""
+    plt = pyplot()
+    groupings = [g for g in dict.fromkeys(r["grouping"] for r in rows) if g != "all"] or ["all"]
+    fig, axes = plt.subplots(1, len(groupings), figsize=(4.2 * len(groupings), 3.8), squeeze=False)
+    for ax, grouping in zip(axes[0], groupings):
+        part = [r for r in rows if r["grouping"] == grouping and r["n"]]
+        x = np.arange(len(part))
+        for level, colour in ((68, "tab:blue"), (95, "tab:red")):
+            ax.axhline(level / 100, color=colour, lw=0.8, ls="--")
+            if tolerance is not None:
+                ax.axhspan(level / 100 - tolerance, level / 100 + tolerance, color=colour, alpha=0.12, lw=0)
+            ax.plot(x, [r[f"coverage{level}"] for r in part], "o-", color=colour, label=f"{level}% interval")
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(r["group"]) for r in part], rotation=30 if len(part) > 4 else 0, fontsize=8)
+        ax.set(xlabel=grouping, ylabel="coverage", ylim=(0.4, 1.02))
+        ax.set_title(title if len(groupings) == 1 else f"{title}: {grouping}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def reliability_diagram(prob: np.ndarray, outcome: np.ndarray, bins: int = 10):
     """Reliability diagram for predicted probabilities of a binary outcome."""
     edges = np.linspace(0, 1, bins + 1)

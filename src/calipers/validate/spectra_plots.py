@@ -15,7 +15,7 @@ import numpy as np
 
 from calipers.validate.plots import pyplot
 
-__all__ = ["crlb_vs_snr", "crlb_by_group_vs_snr", "r2_ceiling_vs_snr"]
+__all__ = ["crlb_vs_snr", "crlb_by_group_vs_snr", "r2_ceiling_vs_snr", "r2_models_vs_snr"]
 
 FORMS = (("", "fixed continuum"), ("_continuum", "free continuum scale + tilt"))
 
@@ -137,3 +137,45 @@ def crlb_by_group_vs_snr(tables: Mapping[str, Sequence[Mapping]], key: str = "si
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def r2_models_vs_snr(ceiling: Sequence[Mapping], models: Mapping[str, Sequence[Mapping]],
+                     title: str = "log g: R$^2$ of every model against the ceiling"):
+    """The core figure of the family: R^2 against S/N for every model, with the Bayesian ceiling
+    R^2_max as a line inside its band.
+
+    ``ceiling``: rows with ``snr``, ``r2_max`` and the band ``lo``, ``hi`` (from
+    :func:`calipers.spectra.bound.group_ceilings`); ``models``: model name -> rows with ``snr``,
+    ``r2`` and optionally ``r2_lo``, ``r2_hi`` (a bootstrap interval drawn as error bars).
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.4))
+    rows = sorted((r for r in ceiling if r.get("r2_max") is not None), key=lambda r: float(r["snr"]))
+    snr = np.array([float(r["snr"]) for r in rows])
+    if snr.size:
+        lo = np.array([r.get("lo", np.nan) for r in rows], dtype=float)
+        hi = np.array([r.get("hi", np.nan) for r in rows], dtype=float)
+        if np.all(np.isfinite(lo) & np.isfinite(hi)):
+            ax.fill_between(snr, lo, hi, color="0.6", alpha=0.35, lw=0, label="ceiling band (68%, bootstrap)")
+        ax.plot(snr, [float(r["r2_max"]) for r in rows], "k-", lw=2.0, label="Bayesian ceiling $R^2_{max}$")
+    lowest = 0.0
+    for k, (name, table) in enumerate(models.items()):
+        part = sorted((r for r in table if r.get("r2") is not None and np.isfinite(r["r2"])),
+                      key=lambda r: float(r["snr"]))
+        if not part:
+            continue
+        x = np.array([float(r["snr"]) for r in part]) * (1 + 0.012 * (k - (len(models) - 1) / 2))
+        y = np.array([float(r["r2"]) for r in part])
+        lowest = min(lowest, float(y.min()))
+        err = None
+        if all(r.get("r2_lo") is not None and r.get("r2_hi") is not None for r in part):
+            err = np.abs(np.array([[r["r2_lo"] for r in part], [r["r2_hi"] for r in part]]) - y)
+        ax.errorbar(x, y, yerr=err, fmt="o-", ms=4, lw=1.2, capsize=2, label=name)
+    ax.axhline(0.0, color="0.5", lw=0.6)
+    ax.set(xscale="log", xlabel="median S/N per pixel", ylabel="$R^2$ of log g", title=title,
+           ylim=(max(lowest, -0.5) - 0.05, 1.02))
+    _snr_axis(ax, rows or [r for t in models.values() for r in t])
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
