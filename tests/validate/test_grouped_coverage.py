@@ -51,6 +51,13 @@ def test_small_groups_are_shown_but_not_judged_and_labels_name_the_bins():
     assert rows[2]["n"] == 10
 
 
+def test_rows_without_a_group_are_left_out_of_the_groups_only():
+    pit = _uniform_grid(4)
+    rows = coverage_by_group(pit, {"snr": np.array([5.0, np.nan, 5.0, -1.0]), "bin": np.array([0, -1, -1, 0])})
+    assert [(r["grouping"], r["group"], r["n"]) for r in rows] == [("all", "all", 4), ("snr", "-1", 1), ("snr", "5", 2),
+                                                                   ("bin", "0", 2)]
+
+
 def test_quantile_and_edge_bins():
     v = np.arange(12.0)
     k, edges = quantile_bins(v, 3)

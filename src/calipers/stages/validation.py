@@ -106,7 +106,7 @@ def group_keys(values: np.ndarray, spec, column: str, path: str) -> tuple[np.nda
     """Group key of every row of ``column`` and the label of every key, for one entry of
     ``DistributionGate.group_bins``: ``"values"`` (one group per distinct value, at most
     :data:`MAX_DISTINCT_GROUPS`), an integer k (k quantile bins: thirds for 3) or a list of bin edges.
-    Rows in no group get key -1. Errors name the file and the column."""
+    Rows in no group get key -1 (bins) or NaN (values). Errors name the file and the column."""
     from calipers.validate.grouped import edge_bins, quantile_bins
 
     v = np.asarray(values, dtype=float)
@@ -116,8 +116,7 @@ def group_keys(values: np.ndarray, spec, column: str, path: str) -> tuple[np.nda
         if distinct.size > MAX_DISTINCT_GROUPS:
             raise ConfigError(f"{where} has {distinct.size} distinct values (more than {MAX_DISTINCT_GROUPS}): give "
                               "group_bins a number of quantile bins or a list of edges for it instead of 'values'")
-        keys = np.where(np.isfinite(v), v, -1.0)
-        return keys, {}
+        return np.where(np.isfinite(v), v, np.nan), {}
     if isinstance(spec, int) and not isinstance(spec, bool):
         if spec < 1:
             raise ConfigError(f"{where}: group_bins entry must be >= 1 quantile bins, got {spec}")

@@ -55,8 +55,8 @@ def coverage_by_group(pit, groups: dict[str, np.ndarray], labels: dict[str, dict
     Parameters
     ----------
     pit : (n,) PIT values (the predictive CDF at the truth)
-    groups : grouping name -> (n,) group key per object (numbers or strings); objects with key -1
-        (as from :func:`quantile_bins`) belong to no group of that grouping
+    groups : grouping name -> (n,) group key per object (numbers or strings); objects with the
+        integer key -1 (as from :func:`quantile_bins`) or a NaN key belong to no group of that grouping
     labels : grouping name -> {key -> label written into the row} (e.g. the bin's edges)
     levels : central-interval probabilities
 
@@ -128,7 +128,10 @@ def _summary(pit: np.ndarray, levels) -> dict:
 
 
 def _is_none(key) -> bool:
-    return isinstance(key, (int, np.integer)) and int(key) == -1
+    """The key of rows in no group: -1 from the binning functions (integer keys), NaN for values."""
+    if isinstance(key, (int, np.integer)):
+        return int(key) == -1
+    return isinstance(key, (float, np.floating)) and not np.isfinite(key)
 
 
 def _text(key) -> str:
