@@ -110,3 +110,26 @@ def test_bound_comparison_fails_a_model_that_knows_the_truth(spectra_run, tmp_pa
     with pytest.raises(GateFailed, match=r"efficiency\[snr=3\]"):
         run_stage("BoundComparison", str(cfg), logg_pdf=str(leaky), fisher_bounds=str(d / "out" / "fisher_bounds.hdf5"),
                   bound_comparison=str(tmp_path / "cmp"))
+
+
+def test_bound_comparison_refuses_distributions_of_other_rows(spectra_run, tmp_path):
+    import qp
+
+    d, proc = spectra_run
+    assert proc.returncode == 0
+    fisher = str(d / "out" / "fisher_bounds.hdf5")
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(yaml.safe_dump({"BoundComparison": {"n_boot": 0}}))
+    n = 5 * TINY_STARS["SpectraSimulateTest"]
+    short = qp.Ensemble(qp.stats.norm, data={"loc": np.full((n - 1, 1), 3.0), "scale": np.ones((n - 1, 1))})
+    short.write_to(str(tmp_path / "short.hdf5"))
+    with pytest.raises(ValueError, match=f"{n - 1} distributions but the Fisher-bound catalog .*{n} rows"):
+        run_stage("BoundComparison", str(cfg), logg_pdf=str(tmp_path / "short.hdf5"), fisher_bounds=fisher,
+                  bound_comparison=str(tmp_path / "a"))
+    shuffled = qp.Ensemble(qp.stats.norm, data={"loc": np.full((n, 1), 3.0), "scale": np.ones((n, 1))},
+                           ancil={"star_id": np.arange(n)[::-1].astype(np.int64)})
+    shuffled.write_to(str(tmp_path / "shuffled.hdf5"))
+    with pytest.raises(Exception, match="star_id"):
+        run_stage("BoundComparison", str(cfg), logg_pdf=str(tmp_path / "shuffled.hdf5"), fisher_bounds=fisher,
+                  bound_comparison=str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
