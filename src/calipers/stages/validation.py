@@ -192,11 +192,11 @@ class DistributionGate(GateStage):
 
     def process(self):
         from calipers.core.qpio import qp_size, read_qp_rows
-        from calipers.validate import plots
-        from calipers.validate.grouped import coverage_by_group, grouped_coverage_checks
         from calipers.core.report import html_table
         from calipers.gridpdf import crps_values
+        from calipers.validate import plots
         from calipers.validate.gate import Check
+        from calipers.validate.grouped import coverage_by_group, grouped_coverage_checks
         from calipers.validate.metrics import grid_pdfs, pit_values
 
         c = self.config
