@@ -12,7 +12,8 @@ the 1-D CNN (plain and ridge-residual; noise redrawn every epoch) and prints JSO
   the raw (uncalibrated) coverage of the 68% and 95% central Gaussian intervals and the mean
   log-likelihood, and the training time;
 - ``calibration``: per model and calibrator (``pit_global``: one PIT remapping; ``pit_local``: the
-  remapping conditioned on log S/N, :class:`calipers.calibrate.LocalPITRecalibrator`), fitted on
+  remapping conditioned on log S/N, :class:`calipers.calibrate.LocalPITRecalibrator`;
+  ``pit_local_width``: conditioned on log S/N and the model's own log sigma and mean), fitted on
   the calibration set's PIT (all S/N pooled) and judged on the test set: PIT KS and the coverage of
   the central 68 and 95% intervals overall, per S/N and per [M/H] third (``rows``), and the largest
   coverage error over those groups (the issue's acceptance: <= 0.02).
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 16, 32, 32])
     ap.add_argument("--models", nargs="+", default=["ridge", "lightgbm", "cnn", "cnn_residual"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-predictions", default="", help="directory for each model's predictions (npz)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -120,30 +122,46 @@ def main() -> None:
                   "coverage68_raw": float(np.mean(np.abs(z) < norm.ppf(0.84))),
                   "coverage95_raw": float(np.mean(np.abs(z) < norm.ppf(0.975))),
                   "mean_loglik_raw": float(np.mean(norm.logpdf(z) - np.log(sigma)))})
-        pit_cal = np.concatenate([norm.cdf((logg_cal - m) / s) for m, s in (predict(*cals[snr]) for snr in args.snr)])
-        pit_test = np.concatenate([norm.cdf((logg - m) / s) for m, s in (predict(*tests[snr]) for snr in args.snr)])
+        pred_cal = [predict(*cals[snr]) for snr in args.snr]
+        pred_test = [predict(*tests[snr]) for snr in args.snr]
+        pit_cal = np.concatenate([norm.cdf((logg_cal - m) / s) for m, s in pred_cal])
+        pit_test = np.concatenate([norm.cdf((logg - m) / s) for m, s in pred_test])
         snr_cal = np.repeat(np.asarray(args.snr, dtype=float), logg_cal.size)
-        for record in calibration_records(name, pit_cal, snr_cal, pit_test, snr_rows, third_rows, third_labels):
+        # the calibrators' features, all known without the truth: log S/N, the predicted log sigma and mean
+        feat_cal = np.column_stack([np.log(snr_cal), np.log(np.concatenate([s for _, s in pred_cal])),
+                                    np.concatenate([m for m, _ in pred_cal])])
+        feat_test = np.column_stack([np.log(snr_rows), np.log(np.concatenate([s for _, s in pred_test])),
+                                     np.concatenate([m for m, _ in pred_test])])
+        if args.save_predictions:
+            import os
+
+            os.makedirs(args.save_predictions, exist_ok=True)
+            np.savez(os.path.join(args.save_predictions, f"{name}.npz"), feat_cal=feat_cal, feat_test=feat_test,
+                     pit_cal=pit_cal, pit_test=pit_test, logg_cal=logg_cal, logg=logg, m_h=np.asarray(test.labels)[:, 2],
+                     m_h_cal=np.asarray(cal.labels)[:, 2], snr=np.asarray(args.snr))
+        for record in calibration_records(name, pit_cal, feat_cal, pit_test, feat_test, third_rows, third_labels):
             emit(record)
 
 
-def calibration_records(name, pit_cal, snr_cal, pit_test, snr_test, third_test, third_labels):
-    """Fit the global and the S/N-conditioned PIT recalibrators on the calibration PIT and judge the
-    recalibrated test PIT per S/N and per [M/H] third (one JSON record per calibrator, and one for
-    the raw PIT)."""
+def calibration_records(name, pit_cal, feat_cal, pit_test, feat_test, third_test, third_labels):
+    """Fit the global PIT recalibrator, the one conditioned on log S/N (``pit_local``) and the one
+    conditioned on log S/N and the model's own predicted log sigma and mean (``pit_local_width``) on
+    the calibration PIT, and judge the recalibrated test PIT per S/N and per [M/H] third (one JSON
+    record per calibrator, and one for the raw PIT). Column 0 of the features is log S/N."""
     from calipers.calibrate import LocalPITConfig, LocalPITRecalibrator, PITRecalibrator
     from calipers.validate.grouped import coverage_by_group
 
-    groups = {"snr": snr_test, "m_h_third": third_test}
+    groups = {"snr": np.round(np.exp(feat_test[:, 0]), 6), "m_h_third": third_test}
     labels = {"m_h_third": third_labels}
     out = {"raw": pit_test}
     t0 = time.perf_counter()
     out["pit_global"] = PITRecalibrator(n_knots=100).fit(pit_cal).transform_cdf(pit_test)
     seconds = {"pit_global": time.perf_counter() - t0}
-    t0 = time.perf_counter()
-    local = LocalPITRecalibrator(LocalPITConfig(seed=0)).fit(np.log(snr_cal)[:, None], pit_cal)
-    out["pit_local"] = local.transform_cdf(pit_test[:, None], np.log(snr_test)[:, None])[:, 0]
-    seconds["pit_local"] = time.perf_counter() - t0
+    for method, cols in (("pit_local", [0]), ("pit_local_width", [0, 1, 2])):
+        t0 = time.perf_counter()
+        local = LocalPITRecalibrator(LocalPITConfig(seed=0)).fit(feat_cal[:, cols], pit_cal)
+        out[method] = local.transform_cdf(pit_test[:, None], feat_test[:, cols])[:, 0]
+        seconds[method] = time.perf_counter() - t0
     for method, pit in out.items():
         rows = coverage_by_group(pit, groups, labels)
         worst = max(abs(r[k]) for r in rows for k in ("error68", "error95"))
