@@ -55,3 +55,45 @@ def read_features(path: str, spec: Mapping, start: int = 0, end: int | None = No
     if bad.size:
         raise ValueError(f"{path}: calibration features not finite in {bad.size} row(s), first at row {start + bad[0]}")
     return x
+
+
+def with_ancil_features(x: np.ndarray, ancil: Mapping | None, spec: Mapping, path: str, start: int = 0) -> np.ndarray:
+    """The catalog features ``x`` of rows [start, start + n) followed by the distributions' own ancil
+    columns ``spec["ancil_columns"]`` (e.g. a model's predicted width), with the natural log taken of
+    every feature named in ``spec["log_columns"]`` (catalog or ancil names; they must be > 0).
+    A spec without those keys (a calibrator from before they existed) gives ``x`` unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path`` (the distributions' file), the column and the first bad row: an ancil column
+        missing, not finite, or a log feature not positive.
+    """
+    ancil_cols = list(spec.get("ancil_columns", []))
+    logs = set(spec.get("log_columns", []))
+    if not ancil_cols and not logs:
+        return x
+    parts = [np.asarray(x, dtype=float)]
+    names = list(spec.get("feature_columns") or [f"photometry_{k}" for k in range(x.shape[1])])
+    for col in ancil_cols:
+        if not ancil or col not in ancil:
+            raise ValueError(f"{path}: ancil column '{col}' (a calibration feature) missing; the ancil holds "
+                             f"{sorted(ancil or {})}")
+        v = np.asarray(ancil[col], dtype=float).reshape(-1)
+        if v.size != len(x):
+            raise ValueError(f"{path}: ancil column '{col}' has {v.size} rows for {len(x)} objects")
+        parts.append(v[:, None])
+        names.append(col)
+    out = np.hstack(parts)
+    for k, name in enumerate(names):
+        if name in logs:
+            bad = np.flatnonzero(~(out[:, k] > 0))
+            if bad.size:
+                raise ValueError(f"{path}: calibration feature '{name}' must be > 0 for its log, got {out[bad[0], k]} "
+                                 f"at row {start + bad[0]}")
+            out[:, k] = np.log(out[:, k])
+    bad = np.flatnonzero(~np.all(np.isfinite(out), axis=1))
+    if bad.size:
+        raise ValueError(f"{path}: calibration features not finite in {bad.size} row(s), first at row {start + bad[0]}")
+    return out
+

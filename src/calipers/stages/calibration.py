@@ -51,7 +51,7 @@ from calipers.calibrate import (
 from calipers.core import catalog
 from calipers.core.calibrators import IMPORTANCE_WEIGHTS, METHODS, importance_weights_info, load_calibrator, save_calibrator
 from calipers.core.errors import CatalogError, ConfigError, ModelMismatchError
-from calipers.core.features import read_features
+from calipers.core.features import read_features, with_ancil_features
 from calipers.core.file_types import HDF5Catalog, ModelDir, QPEnsembleFile
 from calipers.core.options import CATALOG_OPTIONS, DEFAULT_BANDS, TRUTH_OPTIONS, band_columns, stack
 from calipers.core.provenance import read_provenance, write_provenance_json
@@ -71,6 +71,10 @@ GRID_OPTIONS = {
 FEATURE_OPTIONS = CATALOG_OPTIONS | {
     "bands": Param(list, DEFAULT_BANDS, msg="pit_local: bands whose magnitudes and adjacent colours are the features"),
     "feature_columns": Param(list, [], msg="pit_local: catalog columns used as features instead of the photometry"),
+    "ancil_features": Param(list, [], msg="pit_local: ancil columns of the distributions' own file used as features "
+                                          "too (e.g. a model's predicted width logg_std)"),
+    "log_features": Param(list, [], msg="pit_local: features (catalog or ancil columns, all > 0) whose natural log is "
+                                        "used, e.g. snr and logg_std"),
 }
 
 
@@ -151,6 +155,10 @@ class PZCalibrate(CalipersStage):
             raise ConfigError(f"stage {self.instance_name}: zmax ({c['zmax']}) must be larger than zmin ({c['zmin']})")
         if c["method"] == "pit_local" and not c["feature_columns"] and len(c["bands"]) < 1:
             raise ConfigError(f"stage {self.instance_name}: pit_local needs features: give bands or feature_columns")
+        unknown = sorted(set(c["log_features"]) - set(c["feature_columns"]) - set(c["ancil_features"]))
+        if unknown:
+            raise ConfigError(f"stage {self.instance_name}: log_features {unknown} are neither feature_columns "
+                              f"{c['feature_columns']} nor ancil_features {c['ancil_features']}")
         if not 0 <= c["min_ess_fraction"] <= 1:
             raise ConfigError(f"stage {self.instance_name}: min_ess_fraction must be in [0, 1], "
                               f"got {c['min_ess_fraction']}")
@@ -172,9 +180,13 @@ class PZCalibrate(CalipersStage):
             log.info("object ids of %s match %s row by row", pz_path, truth_path)
         zgrid = _grid(c)
         pit = np.empty(n)
+        ancil_parts = []
         for start in range(0, n, c["chunk_size"]):
             end = min(start + c["chunk_size"], n)
-            pdfs, valid = grid_pdfs(read_qp_rows(pz_path, start, end), zgrid)
+            ens = read_qp_rows(pz_path, start, end)
+            if c["method"] == "pit_local" and c["ancil_features"]:
+                ancil_parts.append({k: np.asarray(ens.ancil[k]) for k in c["ancil_features"] if ens.ancil and k in ens.ancil})
+            pdfs, valid = grid_pdfs(ens, zgrid)
             bad = np.flatnonzero(~(valid & np.isfinite(z[start:end])))
             if bad.size:
                 raise ValueError(f"{pz_path}: p(z) or truth not finite in {bad.size} row(s), first at row {start + bad[0]}")
@@ -196,7 +208,9 @@ class PZCalibrate(CalipersStage):
             spec |= ConformalPredictiveDistribution().fit(pit, weights).to_dict()
         else:
             spec["features"] = self._feature_spec()
-            x = read_features(truth_path, spec["features"])
+            ancil = {k: np.concatenate([p[k] for p in ancil_parts]) for k in c["ancil_features"]
+                     if ancil_parts and all(k in p for p in ancil_parts)}
+            x = with_ancil_features(read_features(truth_path, spec["features"]), ancil, spec["features"], pz_path)
             cfg = LocalPITConfig(n_components=c["n_components"], hidden=c["hidden"], n_members=c["n_members"],
                                  max_epochs=c["max_epochs"], patience=c["patience"], seed=c["seed"])
             log.info("fitting the local PIT model on %d galaxies x %d features", n, x.shape[1])
@@ -262,7 +276,8 @@ class PZCalibrate(CalipersStage):
         from calipers.photoz.preprocess import PhotometryPreprocessor
 
         c = self.config
-        spec = {"hdf5_groupname": c["hdf5_groupname"], "feature_columns": list(c["feature_columns"])}
+        spec = {"hdf5_groupname": c["hdf5_groupname"], "feature_columns": list(c["feature_columns"]),
+                "ancil_columns": list(c["ancil_features"]), "log_columns": list(c["log_features"])}
         if not spec["feature_columns"]:
             mags, errs = band_columns(c, list(c["bands"]))
             cols = catalog.read_columns(self.input_path("calibration_truth"), c["hdf5_groupname"], mags + errs)
@@ -372,7 +387,8 @@ class PZApplyCalibration(CalipersStage):
                 new = np.full_like(pdfs, np.nan)  # invalid rows stay NaN: the gate counts them
                 if valid.any():
                     if method == "pit_local":
-                        feats = read_features(cat, spec["features"], start, end)
+                        feats = with_ancil_features(read_features(cat, spec["features"], start, end), ens.ancil,
+                                                    spec["features"], path, start)
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid, feats[valid])
                     else:
                         new[valid] = cal.transform_pdfs(pdfs[valid], zgrid)
