@@ -4,7 +4,8 @@ Simulates a training set (noise-free spectra kept, S/N log-uniform in 3-20), a c
 test set whose stars are observed at every S/N of ``--snr`` (the noise-free spectra made once, the
 noise drawn per S/N), computes the Bayesian and plain Fisher ceilings on
 the test stars (with and without a free continuum scale and tilt), trains the ridge and LightGBM baselines and
-the 1-D CNN (plain and ridge-residual; noise redrawn every epoch) and prints JSON lines:
+the 1-D CNN (plain, ridge-residual, and ``cnn_aux``: plain with auxiliary Teff and [M/H] heads;
+noise redrawn every epoch) and prints JSON lines:
 
 - ``ceiling``: per S/N, the median marginal sigma_CRLB and R^2_max (plain, Bayesian);
 - ``model``: per model and S/N, R^2, RMSE, efficiency = R^2 / Bayesian R^2_max (without continuum
@@ -13,10 +14,13 @@ the 1-D CNN (plain and ridge-residual; noise redrawn every epoch) and prints JSO
   log-likelihood, and the training time;
 - ``calibration``: per model and calibrator (``pit_global``: one PIT remapping; ``pit_local``: the
   remapping conditioned on log S/N, :class:`calipers.calibrate.LocalPITRecalibrator`;
-  ``pit_local_width``: conditioned on log S/N and the model's own log sigma and mean), fitted on
+  ``pit_local_width``: conditioned on log S/N and the model's own log sigma and mean;
+  ``pit_local_mh``, for ``cnn_aux``: conditioned on log S/N and the model's own [M/H] estimate), fitted on
   the calibration set's PIT (all S/N pooled) and judged on the test set: PIT KS and the coverage of
   the central 68 and 95% intervals overall, per S/N and per [M/H] third (``rows``), and the largest
-  coverage error over those groups (the issue's acceptance: <= 0.02).
+  coverage error over those groups (the issue's acceptance: <= 0.02);
+- ``coverage_noise_floor``: that largest error for a perfectly calibrated model on this test design
+  (uniform PIT; sampling noise alone), to read the measured ones against.
 
 Usage::
 
@@ -56,7 +60,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 16, 32, 32])
-    ap.add_argument("--models", nargs="+", default=["ridge", "lightgbm", "cnn", "cnn_residual"])
+    ap.add_argument("--models", nargs="+", default=["ridge", "lightgbm", "cnn", "cnn_residual", "cnn_aux"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-predictions", default="", help="directory for each model's predictions (npz)")
     args = ap.parse_args()
@@ -96,42 +100,52 @@ def main() -> None:
     third, third_edges = quantile_bins(np.asarray(test.labels)[:, 2], 3)
     third_rows = np.tile(third, len(args.snr))
     third_labels = {k: f"[{third_edges[k]:.2f}, {third_edges[k + 1]:.2f}]" for k in range(3)}
+    emit(coverage_noise_floor(snr_rows, third_rows))
     for name in args.models:
         t0 = time.perf_counter()
         if name in ("ridge", "lightgbm"):
             reg = RidgeLogg() if name == "ridge" else GBMLogg(n_jobs=args.threads)
             reg.fit(train_flux, train_ivar, np.asarray(train.labels)[:, 1])
-            predict = reg.predict
+
+            def predict(flux, ivar, reg=reg):
+                return (*reg.predict(flux, ivar), np.zeros((flux.shape[0], 0)))
         else:
+            aux = name == "cnn_aux"  # log g first, then Teff and [M/H]
             net = SpectrumNetConfig(n_pix=cfg.n_pix, channels=tuple(args.channels),
-                                    residual_on_linear=(name == "cnn_residual"))
+                                    residual_on_linear=(name == "cnn_residual"), n_aux=2 if aux else 0)
             tcfg = SpectrumTrainConfig(max_epochs=args.epochs, patience=4)
-            states, hists = train_ensemble(train.model_flux, np.asarray(train.labels)[:, 1],
-                                           redraw_noise_fn(model), net, tcfg, seeds=range(args.members),
-                                           progress=True)
+            labels = np.asarray(train.labels)[:, [1, 0, 2]] if aux else np.asarray(train.labels)[:, 1]
+            states, hists = train_ensemble(train.model_flux, labels, redraw_noise_fn(model), net, tcfg,
+                                           seeds=range(args.members), progress=True)
 
             def predict(flux, ivar, states=states, net=net):
-                return mixture_moments(*predict_members(states, net, flux, ivar))
+                means, sigmas, aux_means = predict_members(states, net, flux, ivar, aux=True)
+                return (*mixture_moments(means, sigmas), aux_means.mean(0)[:, 1:])  # the [M/H] estimate
         t_train = time.perf_counter() - t0
         for snr, (flux, ivar) in tests.items():
-            mean, sigma = predict(flux, ivar)
+            mean, sigma, aux_pred = predict(flux, ivar)
             z = (logg - mean) / sigma
+            extra = ({"m_h_pred_rmse": float(np.sqrt(np.mean((aux_pred[:, 0] - np.asarray(test.labels)[:, 2]) ** 2)))}
+                     if aux_pred.shape[1] else {})
             row = bound_comparison(mean, logg, {"snr": np.full(logg.size, snr)}, r2_max, model=name)[0]
             emit({"benchmark": "spectra", "what": "model", **row, "train_seconds": round(t_train, 1),
                   "efficiency_vs_continuum_ceiling": row["r2"] / r2_max_continuum[row["group"]],
                   "coverage68_raw": float(np.mean(np.abs(z) < norm.ppf(0.84))),
                   "coverage95_raw": float(np.mean(np.abs(z) < norm.ppf(0.975))),
-                  "mean_loglik_raw": float(np.mean(norm.logpdf(z) - np.log(sigma)))})
+                  "mean_loglik_raw": float(np.mean(norm.logpdf(z) - np.log(sigma))), **extra})
         pred_cal = [predict(*cals[snr]) for snr in args.snr]
         pred_test = [predict(*tests[snr]) for snr in args.snr]
-        pit_cal = np.concatenate([norm.cdf((logg_cal - m) / s) for m, s in pred_cal])
-        pit_test = np.concatenate([norm.cdf((logg - m) / s) for m, s in pred_test])
+        pit_cal = np.concatenate([norm.cdf((logg_cal - m) / s) for m, s, _ in pred_cal])
+        pit_test = np.concatenate([norm.cdf((logg - m) / s) for m, s, _ in pred_test])
         snr_cal = np.repeat(np.asarray(args.snr, dtype=float), logg_cal.size)
-        # the calibrators' features, all known without the truth: log S/N, the predicted log sigma and mean
-        feat_cal = np.column_stack([np.log(snr_cal), np.log(np.concatenate([s for _, s in pred_cal])),
-                                    np.concatenate([m for m, _ in pred_cal])])
-        feat_test = np.column_stack([np.log(snr_rows), np.log(np.concatenate([s for _, s in pred_test])),
-                                     np.concatenate([m for m, _ in pred_test])])
+        # the calibrators' features, all known without the truth: log S/N, the predicted log sigma and
+        # mean, and (cnn_aux) the predicted [M/H]
+        feat_cal = np.column_stack([np.log(snr_cal), np.log(np.concatenate([s for _, s, _ in pred_cal])),
+                                    np.concatenate([m for m, _, _ in pred_cal]),
+                                    np.concatenate([a for _, _, a in pred_cal])])
+        feat_test = np.column_stack([np.log(snr_rows), np.log(np.concatenate([s for _, s, _ in pred_test])),
+                                     np.concatenate([m for m, _, _ in pred_test]),
+                                     np.concatenate([a for _, _, a in pred_test])])
         if args.save_predictions:
             import os
 
@@ -141,6 +155,23 @@ def main() -> None:
                      m_h_cal=np.asarray(cal.labels)[:, 2], snr=np.asarray(args.snr))
         for record in calibration_records(name, pit_cal, feat_cal, pit_test, feat_test, third_rows, third_labels):
             emit(record)
+
+
+def coverage_noise_floor(snr_rows, third_rows, n_draws: int = 400, seed: int = 0) -> dict:
+    """The largest coverage error over the groups of this test design (every S/N, every [M/H] third,
+    68 and 95%) that a *perfectly* calibrated model shows from sampling noise alone: the PIT drawn
+    uniform, ``n_draws`` times. Its median, 90th percentile and the chance of staying within 0.02 say
+    how much of a measured error is noise."""
+    from calipers.validate.grouped import coverage_by_group
+
+    rng = np.random.default_rng(seed)
+    groups = {"snr": snr_rows, "m_h_third": third_rows}
+    worst = np.array([max(abs(r[k]) for r in coverage_by_group(rng.uniform(size=snr_rows.size), groups)
+                          for k in ("error68", "error95")) for _ in range(n_draws)])
+    return {"benchmark": "spectra", "what": "coverage_noise_floor", "n_rows": int(snr_rows.size), "n_draws": n_draws,
+            "max_abs_coverage_error_median": float(np.median(worst)),
+            "max_abs_coverage_error_p90": float(np.quantile(worst, 0.9)),
+            "p_within_0.02": float(np.mean(worst <= 0.02))}
 
 
 def calibration_records(name, pit_cal, feat_cal, pit_test, feat_test, third_test, third_labels):
@@ -157,7 +188,10 @@ def calibration_records(name, pit_cal, feat_cal, pit_test, feat_test, third_test
     t0 = time.perf_counter()
     out["pit_global"] = PITRecalibrator(n_knots=100).fit(pit_cal).transform_cdf(pit_test)
     seconds = {"pit_global": time.perf_counter() - t0}
-    for method, cols in (("pit_local", [0]), ("pit_local_width", [0, 1, 2])):
+    methods = [("pit_local", [0]), ("pit_local_width", [0, 1, 2])]
+    if feat_cal.shape[1] > 3:  # the model's own [M/H] estimate
+        methods.append(("pit_local_mh", [0, 3]))
+    for method, cols in methods:
         t0 = time.perf_counter()
         local = LocalPITRecalibrator(LocalPITConfig(seed=0)).fit(feat_cal[:, cols], pit_cal)
         out[method] = local.transform_cdf(pit_test[:, None], feat_test[:, cols])[:, 0]

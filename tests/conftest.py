@@ -156,6 +156,21 @@ def leftovers(directory) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.startswith("inprogress_") or ".rank" in n or n.endswith(".tmp"))
 
 
+def write_pipeline(tmp: Path, pipe: dict, stages: dict, **top) -> Path:
+    """Write ``stages`` as ``tmp/config.yml`` and ``pipe`` (a ceci pipeline dict) as
+    ``tmp/pipeline.yml``, its outputs and logs under ``tmp/out``, one thread per stage; ``top``
+    overrides more of the pipeline's top-level keys (``inputs``)."""
+    config = tmp / "config.yml"
+    config.write_text(yaml.safe_dump(stages, sort_keys=False))
+    pipe.update(config=str(config), output_dir=str(tmp / "out"), log_dir=str(tmp / "out" / "logs"), **top)
+    pipe["site"]["max_threads"] = 1
+    for stage in pipe["stages"]:
+        stage["threads_per_process"] = 1
+    path = tmp / "pipeline.yml"
+    path.write_text(yaml.safe_dump(pipe, sort_keys=False))
+    return path
+
+
 def subprocess_env() -> dict[str, str]:
     """Environment for child processes: the venv's bin first on PATH, few threads."""
     env = dict(os.environ)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import inprogress, leftovers, run_stage, subprocess_env
+from conftest import inprogress, leftovers, run_stage, subprocess_env, write_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,15 +44,7 @@ def tiny_pipeline(tmp: Path) -> Path:
     stages["ClassifierGate"].update(RELAXED_GATE)
     stages["LensSelectionFunction"]["min_count"] = 20
     stages["LensReport"]["n_gallery"] = 8
-    config = tmp / "config.yml"
-    config.write_text(yaml.safe_dump(stages, sort_keys=False))
-    pipe.update(config=str(config), output_dir=str(tmp / "out"), log_dir=str(tmp / "out" / "logs"))
-    pipe["site"]["max_threads"] = 1
-    for stage in pipe["stages"]:
-        stage["threads_per_process"] = 1
-    path = tmp / "pipeline.yml"
-    path.write_text(yaml.safe_dump(pipe, sort_keys=False))
-    return path
+    return write_pipeline(tmp, pipe, stages)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import yaml
 
 from calipers.core.models import load_model
 from calipers.photoz import mixture_pdf
-from conftest import GROUP, TINY_INFORM, mags_errs, random_rows, read_catalog, subprocess_env, subset, write_catalog
+from conftest import (GROUP, TINY_INFORM, mags_errs, random_rows, read_catalog, subprocess_env, subset, write_catalog,
+                      write_pipeline)
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 300, 200
@@ -37,18 +38,7 @@ def pipeline_files(tmp: Path, training: str, catalog: str, inform: dict, estimat
     stages["PZEstimateCalibration"].update(estimate)
     stages["PZCalibrate"].update(QUICK_CALIBRATE)
     stages["ValidationGate"].update(gate or {})
-    config = tmp / "config.yml"
-    config.write_text(yaml.safe_dump(stages, sort_keys=False))
-    pipe["inputs"] = {"training_catalog": training, "target_catalog": catalog}
-    pipe["config"] = str(config)
-    pipe["output_dir"] = str(tmp / "out")
-    pipe["log_dir"] = str(tmp / "out" / "logs")
-    pipe["site"]["max_threads"] = 1
-    for stage in pipe["stages"]:
-        stage["threads_per_process"] = 1
-    path = tmp / "pipeline.yml"
-    path.write_text(yaml.safe_dump(pipe, sort_keys=False))
-    return path
+    return write_pipeline(tmp, pipe, stages, inputs={"training_catalog": training, "target_catalog": catalog})
 
 
 def run_ceci(pipeline: Path) -> subprocess.CompletedProcess:
@@ -331,14 +321,8 @@ def test_labelled_target_pipeline_end_to_end(tmp_path, dc2):
     for name in ("ValidationGate", "SensitivityGate", "PhotozReport"):
         stages[name]["on_fail"] = "warn"
     stages["SensitivityGate"]["max_rows"] = 100
-    (tmp_path / "stages.yml").write_text(yaml.safe_dump(stages, sort_keys=False))
-    pipe |= {"inputs": {"labelled_catalog": labelled, "target_catalog": target}, "config": str(tmp_path / "stages.yml"),
-             "output_dir": str(tmp_path / "out"), "log_dir": str(tmp_path / "out" / "logs")}
-    pipe["site"]["max_threads"] = 1
-    for stage in pipe["stages"]:
-        stage["threads_per_process"] = 1
-    (tmp_path / "pipe.yml").write_text(yaml.safe_dump(pipe, sort_keys=False))
-    proc = run_ceci(tmp_path / "pipe.yml")
+    path = write_pipeline(tmp_path, pipe, stages, inputs={"labelled_catalog": labelled, "target_catalog": target})
+    proc = run_ceci(path)
     assert proc.returncode == 0, f"ceci failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = tmp_path / "out"
     parts = {k: read_catalog(str(out / f"{k}_catalog.hdf5")) for k in ("training", "calibration", "validation")}

@@ -153,3 +153,38 @@ def test_member_with_dropout_depends_on_its_seed_alone():
     assert all(torch.equal(state[k], again[k]) for k in state)
     torch.manual_seed(1)
     assert torch.equal(torch.random.get_rng_state(), after)  # and the caller's generator is left alone
+
+
+def toy_two_lines(n, seed=0):
+    """Two absorption lines: the first's depth follows the label, the second's an auxiliary label."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(1.0, 5.0, n)
+    a = rng.uniform(-1.0, 1.0, n)
+    pix = np.arange(N_PIX)
+    line1 = np.exp(-0.5 * ((pix - 64) / 3.0) ** 2)
+    line2 = np.exp(-0.5 * ((pix - 192) / 3.0) ** 2)
+    return 1.0 - 0.1 * y[:, None] * line1 - 0.2 * (a[:, None] + 1.0) * line2, np.column_stack([y, a])
+
+
+def test_auxiliary_heads_learn_their_label_and_leave_the_main_output_alone():
+    torch.set_num_threads(1)
+    clean, labels = toy_two_lines(400)
+    net = SpectrumNetConfig(**{**SMALL.to_dict(), "n_aux": 1})
+    state, _ = train_member(clean, labels, toy_noise, net, FAST, seed=3)
+    assert state["aux_mean"].shape == (1,) and state["head.weight"].shape[0] == 4
+    test_clean, test_labels = toy_two_lines(200, seed=9)
+    f, i = toy_noise(test_clean, np.full(200, 30.0), np.random.default_rng(4))
+    means, sigmas, aux = predict_members([state], net, f, i, aux=True)
+    assert means.shape == sigmas.shape == (1, 200) and aux.shape == (1, 200, 1)
+    for pred, truth in ((means[0], test_labels[:, 0]), (aux[0, :, 0], test_labels[:, 1])):
+        assert np.sqrt(np.mean((pred - truth) ** 2)) < 0.5 * truth.std()  # both labels learnt, in label units
+    plain = predict_members([state], net, f, i)  # the two-output form is the main label's alone
+    np.testing.assert_array_equal(plain[0], means)
+    with pytest.raises(SpectrumShapeError, match="labels have shape"):
+        train_member(clean, labels[:, 0], toy_noise, net, FAST, seed=3)
+    with pytest.raises(ValueError, match="row 5, column 1"):
+        bad = labels.copy()
+        bad[5, 1] = np.nan
+        train_member(clean, bad, toy_noise, net, FAST, seed=3)
+    with pytest.raises(ValueError, match="n_aux"):
+        SpectrumNetConfig(n_pix=N_PIX, n_aux=-1)

@@ -241,6 +241,9 @@ def test_cnn_training_needs_the_noise_free_spectra_and_the_simulator(trained, tm
     ({"n_members": 0}, "n_members"),
     ({"snr_range": [30.0]}, "snr_range must be"),
     ({"kernel_size": 4}, "kernel_size must be odd"),
+    ({"regressor": "ridge", "aux_labels": ["m_h"]}, "aux_labels must be"),
+    ({"aux_labels": ["logg"]}, "aux_labels must be"),
+    ({"aux_labels": ["m_h", "m_h"]}, "aux_labels must be"),
 ])
 def test_bad_training_options(trained, tmp_path, options, words):
     cfg = config(tmp_path, {"Train_cnn": {"name": "Train_cnn", "regressor": "cnn"} | CNN | options})
@@ -248,6 +251,35 @@ def test_bad_training_options(trained, tmp_path, options, words):
     with pytest.raises(ConfigError, match=words):
         run_stage("SpectraTrain", cfg, name="Train_cnn", spectra=trained["train"], model=str(out))
     assert not out.exists() and not inprogress(out).exists()
+
+
+def test_multi_task_cnn_also_estimates_m_h_and_the_estimate_writes_it(trained, tmp_path):
+    """aux_labels [teff, m_h]: the CNN predicts them too, SpectraEstimate writes teff_pred and m_h_pred
+    (the model's own estimates, equal to the library's), the log g output keeps its form."""
+    cfg = config(tmp_path, {"Train_cnn": {"name": "Train_cnn", "regressor": "cnn"} | CNN
+                            | {"max_epochs": 15, "aux_labels": ["teff", "m_h"]}})
+    model_dir = train(cfg, "cnn", trained["train"], str(tmp_path / "model"))
+    model = read_spectra_model(model_dir)
+    assert model.aux_labels == ["teff", "m_h"] and model.meta["params"]["net"]["n_aux"] == 2
+    out = estimate(cfg, model_dir, trained["test"], str(tmp_path / "logg.hdf5"))
+    a = qp.read(out).ancil
+    test = read_spectrum_set(trained["test"])
+    means, sigmas, aux = model.predict(test.flux, test.ivar, aux=True)
+    assert aux.shape == (N_TEST, 2)
+    np.testing.assert_allclose(a["teff_pred"], aux[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(a["m_h_pred"], aux[:, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["logg_mean"], mixture_moments(means, sigmas)[0], rtol=1e-5)
+    # learnt, at S/N 50 from 300 stars in 15 epochs: Teff well, [M/H] (weak lines in 250 A) better than
+    # its mean (rmse 0.82 std when written)
+    for k, most in (("teff", 0.6), ("m_h", 0.95)):
+        rmse = np.sqrt(np.mean((a[f"{k}_pred"] - a[k]) ** 2))
+        assert rmse < most * a[k].std(), (k, rmse, a[k].std())
+    # a set without one of the auxiliary labels is refused, naming the column
+    cfg = config(tmp_path, {"Train_cnn": {"name": "Train_cnn", "regressor": "cnn"} | CNN
+                            | {"aux_labels": ["alpha_fe"]}})
+    with pytest.raises(SpectrumSetError, match="'alpha_fe'"):
+        train(cfg, "cnn", trained["train"], str(tmp_path / "model2"))
+    assert not (tmp_path / "model2").exists()
 
 
 # ============================================================================ leakage guard

@@ -7,7 +7,8 @@ code), and for LightGBM a third file:
 
 - ``kind: cnn``: ``weights.pt`` = ``{"wavelength": (n_pix,) float64, "members": [state dict, ...]}``;
   ``params`` = ``{"net": SpectrumNetConfig.to_dict(), "train": SpectrumTrainConfig.to_dict()}``
-  (``net.residual_on_linear`` tells the ``cnn_residual`` form apart).
+  (``net.residual_on_linear`` tells the ``cnn_residual`` form apart), plus ``aux_labels``, the
+  names of the ``net.n_aux`` auxiliary labels of a multi-task network (e.g. ``["teff", "m_h"]``).
 - ``kind: ridge``: ``weights.pt`` = ``{"wavelength", "weights": (n_pix,), "intercept": ()}``, float64;
   ``params`` = :meth:`~calipers.spectra.baselines.RidgeLogg.state` (penalty, split, width coefficients).
 - ``kind: lightgbm``: ``booster.txt``, the booster in LightGBM's own text format
@@ -76,6 +77,11 @@ class SpectraRegressor:
     def n_members(self) -> int:
         return len(self.model) if self.kind == "cnn" else 1
 
+    @property
+    def aux_labels(self) -> list[str]:
+        """Names of the auxiliary labels a multi-task CNN also predicts (empty otherwise)."""
+        return list(self.meta["params"].get("aux_labels", [])) if self.kind == "cnn" else []
+
     def check_spectra(self, wavelength, source: str) -> None:
         """Refuse spectra on another pixel grid: a :class:`ModelMismatchError` naming ``source`` (the
         spectrum file), this model's directory and both grids."""
@@ -90,9 +96,10 @@ class SpectraRegressor:
             raise ModelMismatchError(f"{source}: pixel {p} is at {lam[p]:.4f} A, but at {self.wavelength[p]:.4f} A "
                                      f"in the model {self.directory} ({ours}); the pixel grids differ")
 
-    def predict(self, flux, ivar, device: str = "cpu", batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, flux, ivar, device: str = "cpu", batch_size: int = 512, aux: bool = False):
         """Each member's Gaussian for log g of spectra ``flux``, ``ivar`` [N, n_pix]: ``(means,
-        sigmas)``, float64 [M, N]."""
+        sigmas)``, float64 [M, N]; with ``aux=True`` also the members' mean of each auxiliary label
+        (:attr:`aux_labels`), [N, n_aux] (n_aux = 0 for the models without)."""
         flux = np.asarray(flux)
         if flux.ndim != 2 or flux.shape[1] != self.n_pix:
             raise ModelMismatchError(f"spectra of shape {flux.shape}: the model {self.directory} expects "
@@ -100,9 +107,12 @@ class SpectraRegressor:
         if self.kind == "cnn":
             from calipers.spectra.model import predict_members
 
-            return predict_members(self.model, self.net, flux, ivar, device=device, batch_size=batch_size)
+            means, sigmas, aux_means = predict_members(self.model, self.net, flux, ivar, device=device,
+                                                       batch_size=batch_size, aux=True)
+            return (means, sigmas, aux_means.mean(0)) if aux else (means, sigmas)
         mean, sigma = self.model.predict(flux, ivar)
-        return (np.asarray(mean, dtype=np.float64)[None, :], np.asarray(sigma, dtype=np.float64)[None, :])
+        out = (np.asarray(mean, dtype=np.float64)[None, :], np.asarray(sigma, dtype=np.float64)[None, :])
+        return out + (np.zeros((flux.shape[0], 0)),) if aux else out
 
 
 # ============================================================================ writing
@@ -122,6 +132,9 @@ def _build(kind: str, params: dict, arrays: dict, booster_text: str | None, wave
 
         net = SpectrumNetConfig.from_dict(params["net"])
         SpectrumTrainConfig.from_dict(params["train"])
+        aux = params.get("aux_labels", [])
+        if not isinstance(aux, list) or len(aux) != net.n_aux or not all(isinstance(a, str) for a in aux):
+            raise ValueError(f"'aux_labels' must name the network's {net.n_aux} auxiliary label(s), got {aux!r}")
         if net.n_pix != wavelength.size:
             raise ValueError(f"the network is built for {net.n_pix} pixels but the wavelength grid has "
                              f"{wavelength.size}")

@@ -21,14 +21,15 @@ __all__ = ["r2_score", "rmse", "bound_comparison", "group_ceilings", "bootstrap_
 LEAKAGE_THRESHOLD = 1.05
 
 
-def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+def _pair(pred, truth, what: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
+    """Both as finite 1-d float arrays of one length, or a ValueError naming the first bad row."""
     m = np.asarray(pred, dtype=float)
     y = np.asarray(truth, dtype=float)
     if m.shape != y.shape or m.ndim != 1:
-        raise ValueError(f"predictions and truth must be 1-d of one length; got {m.shape} and {y.shape}")
+        raise ValueError(f"{what} and truth must be 1-d of one length; got {m.shape} and {y.shape}")
     bad = np.flatnonzero(~(np.isfinite(m) & np.isfinite(y)))
     if bad.size:
-        raise ValueError(f"predictions or truth not finite in {bad.size} row(s), first at row {bad[0]}")
+        raise ValueError(f"{what} or truth not finite in {bad.size} row(s), first at row {bad[0]}")
     return m, y
 
 
@@ -104,13 +105,7 @@ def group_ceilings(sigma, truth, groups: dict[str, np.ndarray], n_boot: int = 20
     -------
     grouping name -> {group key (as :func:`bound_comparison` writes it) -> {"r2_max", "lo", "hi", "n"}}
     """
-    sig = np.asarray(sigma, dtype=float)
-    y = np.asarray(truth, dtype=float)
-    if sig.shape != y.shape or sig.ndim != 1:
-        raise ValueError(f"group_ceilings: sigma {sig.shape} and truth {y.shape} must be 1-d of one length")
-    bad = np.flatnonzero(~(np.isfinite(sig) & np.isfinite(y)))
-    if bad.size:
-        raise ValueError(f"group_ceilings: sigma or truth not finite in {bad.size} row(s), first at row {bad[0]}")
+    sig, y = _pair(sigma, truth, "group_ceilings: sigma")
 
     def ceiling(s, t):
         var = float(np.var(t))

@@ -117,6 +117,9 @@ class SpectrumNetConfig:
     dropout : dropout before the head
     sigma_floor : smallest sigma, in units of the standardised label
     residual_on_linear : mean = frozen ridge prediction + network correction
+    n_aux : auxiliary labels (e.g. Teff and [M/H]) predicted by extra Gaussian heads; they share
+        the network and are trained with weight ``SpectrumTrainConfig.aux_weight`` (multi-task),
+        so that a calibrator can condition on the model's own estimate of the star's metallicity
     """
 
     n_pix: int = 4096
@@ -127,8 +130,11 @@ class SpectrumNetConfig:
     dropout: float = 0.1
     sigma_floor: float = 1e-3
     residual_on_linear: bool = False
+    n_aux: int = 0
 
     def __post_init__(self):
+        if self.n_aux < 0:
+            raise ValueError(f"SpectrumNetConfig.n_aux must be >= 0, got {self.n_aux}")
         self.channels = tuple(int(c) for c in self.channels)
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"SpectrumNetConfig.channels must be positive integers, got {self.channels}")
@@ -162,6 +168,8 @@ class SpectrumNet(nn.Module):
     ``forward(x)`` takes :func:`spectrum_features` (as a tensor) and returns ``(mu, sigma)`` of the
     *standardised* label; the standardisation (``label_mean``, ``label_std``) and, with
     ``residual_on_linear``, the ridge weights are buffers, so the state dict holds the whole model.
+    :meth:`forward_all` also returns the ``n_aux`` auxiliary labels' Gaussians (standardised by the
+    buffers ``aux_mean``, ``aux_std``) as columns 1.. of ``(mu, sigma)`` [B, 1 + n_aux].
     """
 
     def __init__(self, config: SpectrumNetConfig):
@@ -176,22 +184,31 @@ class SpectrumNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.dense = nn.Linear(c_in * config.out_length, config.hidden)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden, 2)
+        self.head = nn.Linear(config.hidden, 2 * (1 + config.n_aux))
         self.register_buffer("label_mean", torch.zeros(()))
         self.register_buffer("label_std", torch.ones(()))
         self.register_buffer("ridge_w", torch.zeros(config.n_pix))
         self.register_buffer("ridge_b", torch.zeros(()))
+        if config.n_aux:
+            self.register_buffer("aux_mean", torch.zeros(config.n_aux))
+            self.register_buffer("aux_std", torch.ones(config.n_aux))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)`` [B, 1 + n_aux] of the standardised label (column 0) and the auxiliary ones."""
         if x.shape[1:] != (2, self.config.n_pix):
             raise SpectrumShapeError(f"inputs have shape {tuple(x.shape[1:])}, the network expects "
                                      f"{(2, self.config.n_pix)}")
         h = self.features(x).flatten(1)
         out = self.head(self.drop(F.silu(self.dense(h))))
-        mu, sigma = out[:, 0], F.softplus(out[:, 1]) + self.config.sigma_floor
+        k = 1 + self.config.n_aux
+        mu, sigma = out[:, :k], F.softplus(out[:, k:]) + self.config.sigma_floor
         if self.config.residual_on_linear:  # the ridge predicts the standardised label from the flux
-            mu = mu + x[:, 0] @ self.ridge_w + self.ridge_b
+            mu = torch.cat([mu[:, :1] + (x[:, 0] @ self.ridge_w + self.ridge_b)[:, None], mu[:, 1:]], dim=1)
         return mu, sigma
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, sigma = self.forward_all(x)
+        return mu[:, 0], sigma[:, 0]
 
 
 def gaussian_nll(mu: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -210,6 +227,8 @@ class SpectrumTrainConfig:
     validation_fraction : part of the spectra held out (with one fixed noise draw) for early stopping
     snr_range : median S/N per pixel of the training noise, drawn log-uniformly per spectrum and epoch
     ridge_alpha : ridge penalty of the linear part (``residual_on_linear``), on standardised inputs
+    aux_weight : weight of the auxiliary labels' mean NLL in the loss (``SpectrumNetConfig.n_aux``);
+        early stopping watches the main label's validation NLL alone
     """
 
     max_epochs: int = 30
@@ -220,8 +239,11 @@ class SpectrumTrainConfig:
     validation_fraction: float = 0.1
     snr_range: tuple[float, float] = (3.0, 20.0)
     ridge_alpha: float = 1.0
+    aux_weight: float = 0.5
 
     def __post_init__(self):
+        if not self.aux_weight >= 0:
+            raise ValueError(f"SpectrumTrainConfig.aux_weight must be >= 0, got {self.aux_weight}")
         self.snr_range = tuple(float(v) for v in self.snr_range)
         if not 0 < self.snr_range[0] <= self.snr_range[1]:
             raise ValueError(f"SpectrumTrainConfig.snr_range must be 0 < low <= high, got {self.snr_range}")
@@ -265,7 +287,8 @@ def _draw_snr(rng: np.random.Generator, n: int, snr_range: tuple[float, float]) 
 def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, net: SpectrumNetConfig,
                  train: SpectrumTrainConfig, seed: int, device: str = "cpu",
                  progress: bool = False) -> tuple[dict, MemberHistory]:
-    """Train one member on noise-free spectra ``clean_flux`` [N, n_pix] and labels (log g) [N].
+    """Train one member on noise-free spectra ``clean_flux`` [N, n_pix] and labels (log g) [N], or
+    [N, 1 + n_aux] with the auxiliary labels of a multi-task network in columns 1.. .
 
     ``noise_fn(clean, snr, rng) -> (flux, ivar)`` draws the observed spectra at median S/N ``snr``
     (one per row); its ivar must be the pipeline's (from the noisy flux). Returns the state dict of
@@ -274,32 +297,40 @@ def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, 
     """
     clean_flux = np.asarray(clean_flux, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    n = y.size
+    y = y[:, None] if y.ndim == 1 else y
+    n = y.shape[0]
+    if y.ndim != 2 or y.shape[1] != 1 + net.n_aux:
+        raise SpectrumShapeError(f"labels have shape {np.shape(labels)}; the network predicts {1 + net.n_aux} "
+                                 f"label(s), so expected ({n},{' ' + str(1 + net.n_aux) if net.n_aux else ''})")
     if clean_flux.shape != (n, net.n_pix):
         raise SpectrumShapeError(f"clean_flux has shape {clean_flux.shape}, expected ({n}, {net.n_pix})")
     if not np.all(np.isfinite(y)):
-        raise ValueError(f"labels are not finite at row {int(np.flatnonzero(~np.isfinite(y))[0])}")
+        row, col = np.argwhere(~np.isfinite(y))[0]
+        raise ValueError(f"labels are not finite at row {int(row)}, column {int(col)}")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     n_val = max(int(round(train.validation_fraction * n)), 2)
     val, fit = order[:n_val], order[n_val:]
-    mean, std = float(y[fit].mean()), float(y[fit].std())
-    if not std > 0:
-        raise ValueError("the training labels are all equal")
+    mean, std = y[fit].mean(0), y[fit].std(0)
+    if not np.all(std > 0):
+        raise ValueError(f"the training labels of column {int(np.flatnonzero(~(std > 0))[0])} are all equal")
     ys = ((y - mean) / std).astype(np.float32)
     vf, vi = noise_fn(clean_flux[val], _draw_snr(rng, n_val, train.snr_range), rng)
     x_val = torch.from_numpy(spectrum_features(vf, vi)).to(device)
-    y_val = torch.from_numpy(ys[val]).to(device)
+    y_val = torch.from_numpy(ys[val, 0]).to(device)
 
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # the lock: members trained in threads
         torch.manual_seed(seed)
         model = SpectrumNet(net)
-    model.label_mean.fill_(mean)
-    model.label_std.fill_(std)
+    model.label_mean.fill_(float(mean[0]))
+    model.label_std.fill_(float(std[0]))
+    if net.n_aux:
+        model.aux_mean.copy_(torch.from_numpy(mean[1:].astype(np.float32)))
+        model.aux_std.copy_(torch.from_numpy(std[1:].astype(np.float32)))
     if net.residual_on_linear:
         f0, i0 = noise_fn(clean_flux[fit], _draw_snr(rng, fit.size, train.snr_range), rng)
-        w, b = ridge_fit(spectrum_features(f0, i0)[:, 0], ys[fit], train.ridge_alpha)
+        w, b = ridge_fit(spectrum_features(f0, i0)[:, 0], ys[fit, 0], train.ridge_alpha)
         model.ridge_w.copy_(torch.from_numpy(w.astype(np.float32)))
         model.ridge_b.fill_(b)
     # dropout draws from torch's global generator: seed a private fork of it, so that a member
@@ -323,8 +354,10 @@ def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, 
             for k in range(steps):
                 idx = perm[k * train.batch_size:(k + 1) * train.batch_size]
                 xb, yb = x_fit[idx].to(device), torch.from_numpy(ys[fit][idx.numpy()]).to(device)
-                mu, sigma = model(xb)
-                loss = gaussian_nll(mu, sigma, yb)
+                mu, sigma = model.forward_all(xb)
+                loss = gaussian_nll(mu[:, 0], sigma[:, 0], yb[:, 0])
+                if net.n_aux:
+                    loss = loss + train.aux_weight * gaussian_nll(mu[:, 1:], sigma[:, 1:], yb[:, 1:])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -334,7 +367,7 @@ def train_member(clean_flux: np.ndarray, labels: np.ndarray, noise_fn: NoiseFn, 
             model.eval()
             with torch.no_grad():
                 mu, sigma = _batched(model, x_val, 512)
-                val_nll = float(gaussian_nll(mu, sigma, y_val))
+                val_nll = float(gaussian_nll(mu[:, 0], sigma[:, 0], y_val))
             hist.val_nll.append(val_nll)
             bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}", val_nll=f"{val_nll:.4f}")
             if val_nll < best:
@@ -362,29 +395,38 @@ def train_ensemble(clean_flux, labels, noise_fn: NoiseFn, net: SpectrumNetConfig
 
 
 def _batched(model: SpectrumNet, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.forward_all`` over ``x`` in batches: ``(mu, sigma)`` [N, 1 + n_aux]."""
     mus, sigmas = [], []
     for k in range(0, x.shape[0], batch):
-        mu, sigma = model(x[k:k + batch])
+        mu, sigma = model.forward_all(x[k:k + batch])
         mus.append(mu)
         sigmas.append(sigma)
     return torch.cat(mus), torch.cat(sigmas)
 
 
 def predict_members(states: list[dict], net: SpectrumNetConfig, flux, ivar, device: str = "cpu",
-                    batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Each member's Gaussian for log g: ``(means, sigmas)``, both [M, N], in label units."""
+                    batch_size: int = 512, aux: bool = False):
+    """Each member's Gaussian for log g: ``(means, sigmas)``, both [M, N], in label units; with
+    ``aux=True`` also the auxiliary labels' means ``aux_means`` [M, N, n_aux] (label units) as a
+    third element."""
     x = torch.from_numpy(spectrum_features(flux, ivar)).to(device)
     if x.shape[2] != net.n_pix:
         raise SpectrumShapeError(f"spectra have {x.shape[2]} pixels, the model was built for {net.n_pix}")
-    means, sigmas = [], []
+    means, sigmas, aux_means = [], [], []
     for state in states:
         model = SpectrumNet(net)
         model.load_state_dict(state)
         model.to(device).eval()
         with torch.no_grad():
             mu, sigma = _batched(model, x, batch_size)
-        means.append((mu * model.label_std + model.label_mean).cpu().numpy().astype(np.float64))
-        sigmas.append((sigma * model.label_std).cpu().numpy().astype(np.float64))
+        means.append((mu[:, 0] * model.label_std + model.label_mean).cpu().numpy().astype(np.float64))
+        sigmas.append((sigma[:, 0] * model.label_std).cpu().numpy().astype(np.float64))
+        if net.n_aux:
+            aux_means.append((mu[:, 1:] * model.aux_std + model.aux_mean).cpu().numpy().astype(np.float64))
+        else:
+            aux_means.append(np.zeros((x.shape[0], 0)))
+    if aux:
+        return np.stack(means), np.stack(sigmas), np.stack(aux_means)
     return np.stack(means), np.stack(sigmas)
 
 

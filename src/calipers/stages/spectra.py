@@ -554,6 +554,10 @@ class SpectraTrain(CalipersStage):
         "gbm_learning_rate": Param(float, 0.05, msg="lightgbm: shrinkage"),
         "gbm_num_leaves": Param(int, 31, msg="lightgbm: leaves per tree"),
         "max_stars": Param(int, 0, msg="Use at most this many spectra (the first rows; 0 = all)"),
+        "aux_labels": Param(list, [], msg="CNN: other labels (meta columns, e.g. [teff, m_h]) the network also "
+                                          "predicts with Gaussian heads (multi-task); SpectraEstimate writes their "
+                                          "means as ancil '<label>_pred', which a calibrator can condition on"),
+        "aux_weight": Param(float, 0.5, msg="CNN: weight of the auxiliary labels' NLL in the loss"),
     }
 
     def _where(self) -> str:
@@ -570,7 +574,7 @@ class SpectraTrain(CalipersStage):
             return SpectrumTrainConfig(max_epochs=c["max_epochs"], patience=c["patience"], batch_size=c["batch_size"],
                                        learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
                                        validation_fraction=c["validation_fraction"], snr_range=tuple(snr),
-                                       ridge_alpha=c["ridge_alpha"])
+                                       ridge_alpha=c["ridge_alpha"], aux_weight=c["aux_weight"])
         except ValueError as err:
             raise ConfigError(f"{self._where()}: {err}") from err
 
@@ -581,7 +585,8 @@ class SpectraTrain(CalipersStage):
         try:
             return SpectrumNetConfig(n_pix=n_pix, channels=tuple(c["channels"]), kernel_size=c["kernel_size"],
                                      stem_stride=c["stem_stride"], hidden=c["hidden"], dropout=c["dropout"],
-                                     residual_on_linear=c["regressor"] == "cnn_residual")
+                                     residual_on_linear=c["regressor"] == "cnn_residual",
+                                     n_aux=len(c["aux_labels"]))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{self._where()}: {err}") from err
 
@@ -589,6 +594,11 @@ class SpectraTrain(CalipersStage):
         c = self.config
         if c["regressor"] not in REGRESSORS:
             raise ConfigError(f"{self._where()}: regressor must be one of {REGRESSORS}, got {c['regressor']!r}")
+        aux = c["aux_labels"]
+        if aux and (MODEL_KIND[c["regressor"]] != "cnn" or not all(isinstance(a, str) for a in aux)
+                    or len(set(aux)) != len(aux) or "logg" in aux):
+            raise ConfigError(f"{self._where()}: aux_labels must be distinct meta column names other than logg, for "
+                              f"a CNN regressor; got {aux!r} with regressor {c['regressor']!r}")
         bad = {k: c[k] for k in ("n_members", "max_epochs", "batch_size", "stem_stride", "hidden", "gbm_rebin",
                                  "gbm_n_estimators", "gbm_num_leaves") if c[k] < 1}
         if c["patience"] < 1:
@@ -615,9 +625,10 @@ class SpectraTrain(CalipersStage):
         from calipers.core.spectrum_sets import SpectrumSetError
 
         c = self.config
-        if "logg" not in info["meta_columns"]:
-            raise SpectrumSetError(f"{path}: the spectrum set has no 'logg' meta column (columns: "
-                                   f"{info['meta_columns']}); training needs the log g labels")
+        for col in ["logg"] + c["aux_labels"]:
+            if col not in info["meta_columns"]:
+                raise SpectrumSetError(f"{path}: the spectrum set has no {col!r} meta column (columns: "
+                                       f"{info['meta_columns']}); training needs it as a label")
         n = info["n"] if not c["max_stars"] else min(c["max_stars"], info["n"])
         if n < 10:
             raise SpectrumSetError(f"{path}: {n} spectra are too few to train on (need at least 10)")
@@ -634,15 +645,18 @@ class SpectraTrain(CalipersStage):
                     "SpectraSimulate, which stores it")
         return n
 
-    def _labels(self, path: str, n: int) -> np.ndarray:
+    def _labels(self, path: str, n: int, columns=("logg",)) -> np.ndarray:
+        """The label columns [n, len(columns)] (log g first), refusing non-finite values by row."""
         from calipers.core.spectrum_sets import SpectrumSetError, read_spectrum_meta
 
-        logg = np.asarray(read_spectrum_meta(path, ["logg"], rows=slice(0, n))["logg"], dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(logg))
+        meta = read_spectrum_meta(path, list(columns), rows=slice(0, n))
+        labels = np.stack([np.asarray(meta[k], dtype=np.float64) for k in columns], axis=1)
+        bad = np.argwhere(~np.isfinite(labels))
         if bad.size:
-            raise SpectrumSetError(f"{path}: row {bad[0]}: logg = {logg[bad[0]]}; every training label must be "
-                                   "finite")
-        return logg
+            row, k = bad[0]
+            raise SpectrumSetError(f"{path}: row {row}: {columns[k]} = {labels[row, k]}; every training label must "
+                                   "be finite")
+        return labels
 
     # ------------------------------------------------------------------ fitting
     def _train_cnn(self, path: str, info: dict, n: int) -> tuple[dict, list, dict] | None:
@@ -659,7 +673,7 @@ class SpectraTrain(CalipersStage):
                                                                                rtol=1e-10, atol=0):
             raise SpectrumSetError(f"{path}: the set's wavelengths ({clean.wavelength.size} pixels) are not those of "
                                    "the simulator configuration stored in it; its noise cannot be redrawn")
-        logg = self._labels(path, n)
+        labels = self._labels(path, n, ["logg"] + c["aux_labels"])
         net, train = self._net_config(info["n_pix"]), self._train_config()
         device = self.torch_device()
         members = [k for k in range(c["n_members"]) if k % self.size == self.rank]
@@ -669,7 +683,7 @@ class SpectraTrain(CalipersStage):
         mine = {}
         for k in members:
             seed = c["seed"] * 1000 + k
-            state, hist = train_member(clean.model_flux, logg, simulator_noise_fn(model), net, train, seed,
+            state, hist = train_member(clean.model_flux, labels, simulator_noise_fn(model), net, train, seed,
                                        device=device, progress=self.rank == 0)
             mine[k] = (state, seed, hist)
         del clean
@@ -685,7 +699,8 @@ class SpectraTrain(CalipersStage):
                 "noise": ("redrawn every epoch from the noise-free spectra with the simulator's noise model "
                           "(SpectrumModel.add_noise, a fresh seed per epoch); ivar from the noisy flux"),
                 "training_flux": "model_flux (noise-free)"}
-        return {"net": net.to_dict(), "train": train.to_dict()}, [every[k][0] for k in order], card
+        params = {"net": net.to_dict(), "train": train.to_dict(), "aux_labels": list(c["aux_labels"])}
+        return params, [every[k][0] for k in order], card
 
     def _fit_baseline(self, path: str, n: int) -> tuple[dict, object, dict]:
         import time
@@ -697,7 +712,7 @@ class SpectraTrain(CalipersStage):
 
         c = self.config
         spectra = read_spectrum_set(path, rows=slice(0, n), columns=[])
-        logg = self._labels(path, n)
+        logg = self._labels(path, n)[:, 0]
         if c["regressor"] == "ridge":
             model = RidgeLogg(alpha=c["ridge_alpha"], width_fraction=c["validation_fraction"], seed=c["seed"])
         else:
@@ -758,8 +773,10 @@ class SpectraEstimate(CalipersStage):
     The ensemble's ancil holds ``star_id`` (the row number when the set has none), ``snr`` (the set's
     S/N column, or the median per-pixel S/N ``median(flux sqrt(ivar))`` when it has none),
     ``logg_mean`` and ``logg_std`` (the mixture's mean and standard deviation,
-    :func:`calipers.spectra.model.mixture_moments`), and the true ``teff``, ``logg``, ``m_h`` when
-    the set has them, so later stages judge the distributions without re-reading the set. A set on a
+    :func:`calipers.spectra.model.mixture_moments`), ``<label>_pred`` for each auxiliary label of a
+    multi-task CNN (the members' mean estimate, e.g. ``m_h_pred``: a feature for calibrators), and
+    the true ``teff``, ``logg``, ``m_h`` when the set has them, so later stages judge the
+    distributions without re-reading the set. A set on a
     pixel grid other than the model's is refused before anything is written, naming both.
     """
 
@@ -813,7 +830,8 @@ class SpectraEstimate(CalipersStage):
         if has_id and n:
             ids = read_spectrum_meta(path, ["star_id"], rows=slice(0, 1))["star_id"]
             id_dtype = h5py.string_dtype() if ids.dtype.kind in "OSU" else np.int64
-        ancil = ["star_id", "snr", "logg_mean", "logg_std"] + truth
+        aux = [f"{k}_pred" for k in reg.aux_labels]
+        ancil = ["star_id", "snr", "logg_mean", "logg_std"] + aux + truth
         layout = dict(meta={"pdf_name": np.array([b"mixmod"]), "pdf_version": np.array([0])},
                       data_shapes={"weights": (m,), "means": (m,), "stds": (m,)}, ancil_names=ancil,
                       ancil_dtypes={"star_id": id_dtype}, dtype=np.float64, background=True)
@@ -823,12 +841,13 @@ class SpectraEstimate(CalipersStage):
         with self.qp_output("logg_pdf", n, c["chunk_size"], **layout) as out:
             for s, e in tqdm(ranges, desc=f"{self.instance_name} chunks", disable=self.rank != 0, leave=False):
                 spectra = read_spectrum_set(path, rows=slice(s, e), columns=columns)
-                means, sigmas = reg.predict(spectra.flux, spectra.ivar, device=device, batch_size=c["batch_size"])
+                means, sigmas, aux_means = reg.predict(spectra.flux, spectra.ivar, device=device,
+                                                       batch_size=c["batch_size"], aux=True)
                 mean, std = mixture_moments(means, sigmas)
                 est = {"star_id": spectra.meta["star_id"] if has_id else np.arange(s, e, dtype=np.int64),
                        "snr": (np.asarray(spectra.meta["snr"], dtype=np.float64) if has_snr
                                else median_snr(spectra.flux, spectra.ivar)),
-                       "logg_mean": mean, "logg_std": std}
+                       "logg_mean": mean, "logg_std": std} | dict(zip(aux, aux_means.T))
                 est |= {k: np.asarray(spectra.meta[k], dtype=np.float64) for k in truth}
                 data = {"weights": np.full((e - s, m), 1.0 / m), "means": np.ascontiguousarray(means.T),
                         "stds": np.ascontiguousarray(sigmas.T)}
