@@ -53,6 +53,9 @@ def test_pipeline_runs_calibrates_judges_and_reports(spectra_run):
     rows = gate["coverage_by_group"]
     assert [r["group"] for r in rows if r["grouping"] == "snr"] == ["3", "5", "7", "10", "20"]
     assert sum(r["grouping"] == "m_h" for r in rows) == 3 and rows[0]["n"] == 5 * 64
+    # judged: S/N and the CNN's own [M/H] estimate (an observable); shown only: the true [M/H]
+    assert all(r["judged"] == (r["grouping"] != "m_h") for r in rows)
+    assert sum(r["grouping"] == "m_h_pred" for r in rows) == 3
     names = {c["name"] for c in gate["checks"]}
     assert {"pit_ks", "coverage68", "coverage95"} <= names  # the groups of 64 rows are below min_group_size
     report = out / "spectra_report"
@@ -78,6 +81,7 @@ def test_calibrated_distributions_drop_the_stale_moments(spectra_run):
     assert proc.returncode == 0
     ens = read_qp_rows(str(d / "out" / "calibrated_cnn_logg_pdf.hdf5"), 0, 10)
     assert "logg_mean" not in ens.ancil and "logg_std" not in ens.ancil
+    assert {"m_h_pred", "teff_pred", "snr"} <= set(ens.ancil)  # the calibrator's features stay
     assert {"star_id", "snr", "logg"} <= set(ens.ancil)
     raw = read_qp_rows(str(d / "out" / "cnn_logg_pdf.hdf5"), 0, 10)
     assert "logg_mean" in raw.ancil

@@ -71,3 +71,37 @@ def test_bad_configuration_and_mismatched_rows_are_named(tmp_path):
     other = write_catalog(tmp_path / "short.hdf5", {"logg": np.ones(10), "snr": np.ones(10), "m_h": np.ones(10)})
     with pytest.raises(ValueError, match="4000 distributions but .*short.hdf5"):
         gate(tmp_path, dist, other)
+
+
+def test_ancil_group_columns_are_judged_and_report_groups_only_shown(tmp_path):
+    """Widths 1.25x too wide where a hidden label is 0 and 1.25x too narrow where it is 1: the
+    pooled 68% coverage is right, and a grouping by the hidden (true, latent) label is shown with
+    its exact coverages but not judged; a column of the ensemble's ancil is judged."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    truth = rng.uniform(1, 5, n)
+    hidden = np.repeat([0.0, 1.0], n // 2)
+    centre = truth + rng.normal(0, 0.3, n)
+    width = np.where(hidden == 0, 0.3 * 1.25, 0.3 / 1.25)
+    ens = qp.Ensemble(qp.stats.norm, data={"loc": centre[:, None], "scale": width[:, None]})
+    ens.set_ancil({"snr_est": np.tile([5.0, 20.0], n // 2)})
+    dist = tmp_path / "dist.hdf5"
+    ens.write_to(str(dist))
+    truth_path = write_catalog(tmp_path / "truth.hdf5", {"logg": truth, "hidden": hidden})
+    report = gate(tmp_path, str(dist), truth_path, group_columns=["snr_est"], group_bins=["values"],
+                  report_group_columns=["hidden"], report_group_bins=["values"])
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["passed"]
+    rows = {(r["grouping"], r["group"]): r for r in rep["coverage_by_group"]}
+    assert rows[("snr_est", "5")]["judged"] and rows[("snr_est", "20")]["n"] == n // 2
+    wide, narrow = rows[("hidden", "0")], rows[("hidden", "1")]
+    assert not wide["judged"] and not narrow["judged"]
+    for row, factor in ((wide, 1.25), (narrow, 1 / 1.25)):  # exact: 2 Phi(0.9945 factor) - 1
+        assert row["coverage68"] == pytest.approx(2 * norm.cdf(norm.ppf(0.84) * factor) - 1, abs=0.031)
+    assert not any("hidden" in c["name"] for c in rep["checks"])
+    assert any(c["name"] == "coverage68[snr_est=20]" for c in rep["checks"])
+    with pytest.raises(Exception, match="'nowhere' is neither in .*truth.hdf5.* nor in the ancil of .*dist.hdf5"):
+        gate(tmp_path, str(dist), truth_path, group_columns=["nowhere"], group_bins=["values"])
+    with pytest.raises(ConfigError, match="either judged"):
+        gate(tmp_path, str(dist), truth_path, group_columns=["hidden"], group_bins=["values"],
+             report_group_columns=["hidden"], report_group_bins=["values"])

@@ -140,12 +140,19 @@ class DistributionGate(GateStage):
     ``xmin .. xmax``, one CDF convention, :mod:`calipers.gridpdf`). Checks: the invalid fraction,
     the PIT KS distance of all rows, and |coverage - nominal| of the central 68 and 95% intervals
     overall and in every group of every grouping with at least ``min_group_size`` rows (and,
-    optionally, each group's PIT KS). Groupings are columns of the truth catalog (``group_columns``)
-    binned by ``group_bins``: e.g. ``snr`` by ``values`` (one group per S/N of a fixed-S/N test set)
-    and ``m_h`` by ``3`` (metallicity thirds). A model calibrated only on average, over-confident
-    where the data are poor and under-confident where they are rich, passes a pooled check and
-    fails here. Reports the mean CRPS beside them. Writes ``report.json`` (with the table
-    ``coverage_by_group``), a PIT histogram, the coverage per group and ``index.html``.
+    optionally, each group's PIT KS). Groupings are columns (``group_columns``) binned by
+    ``group_bins``: e.g. ``snr`` by ``values`` (one group per S/N of a fixed-S/N test set) and
+    ``m_h_pred`` by ``3`` (thirds of the model's own metallicity estimate). A column is read from the
+    truth catalog when it has it, else from the distributions' ancil. A model calibrated only on
+    average, over-confident where the data are poor and under-confident where they are rich, passes
+    a pooled check and fails here.
+
+    ``report_group_columns`` / ``report_group_bins`` are shown in the table and figure but not
+    judged: groupings by a *true* latent label (the true [M/H] of a star), on which no calibrator
+    that sees only the data can guarantee coverage where the data do not identify that label (even
+    the exact posterior is calibrated given the data, not given the truth). Reports the mean CRPS
+    beside them. Writes ``report.json`` (with the table ``coverage_by_group``, each row marked
+    ``judged``), a PIT histogram, the coverage per group and ``index.html``.
 
     Distributions and truth are matched by row (equal row counts are checked).
     """
@@ -161,9 +168,12 @@ class DistributionGate(GateStage):
         "xmin": Param(float, 0.0, msg="Start of the grid the distributions are evaluated on"),
         "xmax": Param(float, 3.0, msg="End of the grid"),
         "nx": Param(int, 601, msg="Points in the grid"),
-        "group_columns": Param(list, [], msg="Truth-catalog columns whose groups are judged one by one"),
+        "group_columns": Param(list, [], msg="Columns whose groups are judged one by one: from the truth catalog, "
+                                             "or else from the distributions' ancil"),
         "group_bins": Param(list, [], msg="Per group column: 'values' (one group per distinct value), a number of "
                                           "quantile bins (3 = thirds) or a list of edges"),
+        "report_group_columns": Param(list, [], msg="Columns (as group_columns) whose groups are shown, not judged"),
+        "report_group_bins": Param(list, [], msg="Per report group column, as group_bins"),
         "max_pit_ks": Param(float, 0.05, msg="Largest allowed KS distance of the PIT of all rows from uniform"),
         "max_coverage_error": Param(float, 0.02, msg="Largest allowed |coverage - nominal| at 68% and 95%, overall "
                                                      "and in every group"),
@@ -176,14 +186,18 @@ class DistributionGate(GateStage):
 
     @classmethod
     def required_columns(cls, config):
-        return {"truth": (config["hdf5_groupname"], [config["truth_column"]] + list(config["group_columns"]))}
+        return {"truth": (config["hdf5_groupname"], [config["truth_column"]])}
 
     def validate(self):
         super().validate()
         c = self.config
-        if len(c["group_bins"]) != len(c["group_columns"]):
-            raise ConfigError(f"stage {self.instance_name}: group_bins needs one entry per group column "
-                              f"({c['group_columns']}), got {c['group_bins']}")
+        for cols, bins in (("group_columns", "group_bins"), ("report_group_columns", "report_group_bins")):
+            if len(c[bins]) != len(c[cols]):
+                raise ConfigError(f"stage {self.instance_name}: {bins} needs one entry per {cols[:-1].replace('_', ' ')}"
+                                  f" ({c[cols]}), got {c[bins]}")
+        if set(c["group_columns"]) & set(c["report_group_columns"]):
+            raise ConfigError(f"stage {self.instance_name}: a column is either judged (group_columns) or shown "
+                              f"(report_group_columns), not both: {sorted(set(c['group_columns']) & set(c['report_group_columns']))}")
         if not c["xmax"] > c["xmin"] or c["nx"] < 2:
             raise ConfigError(f"stage {self.instance_name}: the grid needs xmax > xmin and nx >= 2, got "
                               f"[{c['xmin']}, {c['xmax']}] with {c['nx']} points")
@@ -205,14 +219,25 @@ class DistributionGate(GateStage):
         n = qp_size(path)
         if n == 0:
             raise CatalogError(f"{path}: holds no distributions (0 rows); there is nothing to judge")
-        n_truth = catalog.require_columns(truth_path, group, [col] + list(c["group_columns"]))
+        n_truth = catalog.require_columns(truth_path, group, [col])
         if n_truth != n:
             raise ValueError(f"{path} holds {n} distributions but {truth_path} (group '{group}') has {n_truth} rows")
+        wanted = list(c["group_columns"]) + list(c["report_group_columns"])
+        in_truth = [k for k in wanted if k in catalog.catalog_info(truth_path, group)[1]]
+        in_ancil = [k for k in wanted if k not in in_truth]
         grid = np.linspace(c["xmin"], c["xmax"], c["nx"])
         pit, ok, crps = np.full(n, np.nan), np.zeros(n, dtype=bool), np.full(n, np.nan)
+        values = {k: np.full(n, np.nan) for k in in_ancil}
         for start, end in catalog.chunk_ranges(n, c["chunk_size"]):
             truth = catalog.read_columns(truth_path, group, [col], start, end)[col].astype(float)
-            pdfs, valid = grid_pdfs(read_qp_rows(path, start, end), grid)
+            ens = read_qp_rows(path, start, end)
+            ancil = ens.ancil or {}
+            for k in in_ancil:
+                if k not in ancil:
+                    raise CatalogError(f"group column '{k}' is neither in {truth_path} (group '{group}') nor in the "
+                                       f"ancil of {path} (ancil: {sorted(ancil)})")
+                values[k][start:end] = np.asarray(ancil[k], dtype=float)
+            pdfs, valid = grid_pdfs(ens, grid)
             valid &= np.isfinite(truth)
             if valid.any():
                 pit[start:end][valid] = pit_values(pdfs[valid], grid, truth[valid])
@@ -220,13 +245,18 @@ class DistributionGate(GateStage):
             ok[start:end] = valid
         if not ok.any():
             raise CatalogError(f"{path}: no row has a finite distribution and truth ('{col}' of {truth_path})")
-        groups, labels = {}, {}
-        if c["group_columns"]:
-            cols = catalog.read_columns(truth_path, group, list(c["group_columns"]))
-            for name, spec in zip(c["group_columns"], c["group_bins"]):
-                keys, lab = group_keys(cols[name], spec, name, truth_path)
+        if in_truth:
+            values |= catalog.read_columns(truth_path, group, in_truth)
+
+        def grouped(columns, bins):
+            groups, labels = {}, {}
+            for name, spec in zip(columns, bins):
+                keys, lab = group_keys(values[name], spec, name, truth_path if name in in_truth else path)
                 groups[name], labels[name] = keys[ok], lab
-        rows = coverage_by_group(np.clip(pit[ok], 0.0, 1.0), groups, labels)
+            return coverage_by_group(np.clip(pit[ok], 0.0, 1.0), groups, labels)
+
+        rows = grouped(c["group_columns"], c["group_bins"])
+        shown = grouped(c["report_group_columns"], c["report_group_bins"])[1:] if c["report_group_columns"] else []
         n_invalid = int(n - ok.sum())
         checks = [Check("invalid_fraction", n_invalid / n, "<=", c["max_invalid_fraction"],
                         why="rows with NaN/inf distribution or truth")]
@@ -240,12 +270,13 @@ class DistributionGate(GateStage):
                    "coverage68": rows[0]["coverage68"], "coverage95": rows[0]["coverage95"],
                    "crps": float(np.mean(crps[ok]))}
         figures = {"pit_histogram": plots.pit_histogram(pit[ok])}
-        if groups:
-            figures["coverage_by_group"] = plots.grouped_coverage_figure(rows, c["max_coverage_error"])
-        table = html_table(rows, ["grouping", "group", "n", "coverage68", "error68", "coverage95", "error95", "pit_ks"],
-                           "Coverage and PIT KS per group")
+        table_rows = [r | {"judged": True} for r in rows] + [r | {"judged": False} for r in shown]
+        if len(table_rows) > 1:
+            figures["coverage_by_group"] = plots.grouped_coverage_figure(table_rows, c["max_coverage_error"])
+        table = html_table(table_rows, ["grouping", "group", "judged", "n", "coverage68", "error68", "coverage95",
+                                        "error95", "pit_ks"], "Coverage and PIT KS per group (judged: in the checks)")
         self.conclude(f"Distribution gate: {col} of {os.path.basename(path)}", summary, checks, figures,
-                      extra_html=table, extra={"coverage_by_group": rows})
+                      extra_html=table, extra={"coverage_by_group": table_rows})
 
 
 class ShiftTest(GateStage):

@@ -74,7 +74,8 @@ def coverage_curve_values(levels, empirical):
 def grouped_coverage_figure(rows, tolerance: float | None = None, title: str = "Coverage per group"):
     """Coverage of the central 68 and 95% intervals per group (rows of
     :func:`calipers.validate.grouped.coverage_by_group`), one panel per grouping, with the nominal
-    level and, when given, the band nominal +- ``tolerance`` a gate allows."""
+    level and, when given, the band nominal +- ``tolerance`` a gate allows. A grouping whose rows
+    carry ``judged: False`` is titled as shown, not judged."""
     plt = pyplot()
     groupings = [g for g in dict.fromkeys(r["grouping"] for r in rows) if g != "all"] or ["all"]
     fig, axes = plt.subplots(1, len(groupings), figsize=(4.2 * len(groupings), 3.8), squeeze=False)
@@ -89,7 +90,9 @@ def grouped_coverage_figure(rows, tolerance: float | None = None, title: str = "
         ax.set_xticks(x)
         ax.set_xticklabels([str(r["group"]) for r in part], rotation=30 if len(part) > 4 else 0, fontsize=8)
         ax.set(xlabel=grouping, ylabel="coverage", ylim=(0.4, 1.02))
-        ax.set_title(title if len(groupings) == 1 else f"{title}: {grouping}", fontsize=9)
+        shown_only = bool(part) and all(r.get("judged", True) is False for r in part)
+        ax.set_title((title if len(groupings) == 1 else f"{title}: {grouping}") + (" (shown, not judged)"
+                                                                                     if shown_only else ""), fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
