@@ -7,7 +7,7 @@ enters every bin's fit as a regressor. Each bin is then fitted with
     flux_b(t) = c0 + c1 tau + c2 tau^2 - d_b S_b(t) + beta_b r_white(t),
 
 ``tau`` the time scaled to [-1, 1] and ``S_b`` the transit of unit depth with the bin's limb darkening
-(batman, at the white-light radius ratio). ``d_hat`` is the least-squares depth and ``sigma_hat``
+(batman, at the white-light radius ratio, then once more at the bin's own first-pass radius ratio). ``d_hat`` is the least-squares depth and ``sigma_hat``
 its formal error ``s sqrt((X^T X)^-1_dd)`` with ``s^2 = RSS / (T - 5)``: the right error for white
 noise, too small when the residuals are correlated (the AR(1) jitter left over after the white-light
 regressor, the drifts' mis-fit), by a factor the benchmark reports.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DepthFit", "extract_depths", "unit_depth_shapes"]
+__all__ = ["DepthFit", "extract_depths", "unit_depth_shapes", "unit_depth_shapes_per_bin"]
 
 
 class DepthFit(dict):
@@ -31,6 +31,13 @@ class DepthFit(dict):
 def unit_depth_shapes(time, radius_ratio, ld, period, a_rs, inclination) -> np.ndarray:
     """Transit shapes of unit depth [n, K, T]: ``(1 - batman light curve) / radius_ratio^2`` for
     planet i at ``time[i]`` with radius ratio ``radius_ratio[i]`` and limb darkening ``ld[i, j]`` [n, K, 2]."""
+    ratio = np.asarray(radius_ratio, dtype=np.float64)
+    return unit_depth_shapes_per_bin(time, np.repeat(ratio[:, None], np.shape(ld)[1], axis=1), ld, period, a_rs,
+                                     inclination)
+
+
+def unit_depth_shapes_per_bin(time, radius_ratio, ld, period, a_rs, inclination) -> np.ndarray:
+    """As :func:`unit_depth_shapes`, with a radius ratio per planet and bin ``radius_ratio`` [n, K]."""
     import batman
 
     time = np.asarray(time, dtype=np.float64)
@@ -40,11 +47,11 @@ def unit_depth_shapes(time, radius_ratio, ld, period, a_rs, inclination) -> np.n
     params.t0, params.ecc, params.w, params.limb_dark = 0.0, 0.0, 90.0, "quadratic"
     for i in range(n):
         params.per, params.a, params.inc = float(period[i]), float(a_rs[i]), float(inclination[i])
-        params.rp, params.u = float(radius_ratio[i]), [float(v) for v in ld[i, 0]]
+        params.rp, params.u = float(radius_ratio[i, 0]), [float(v) for v in ld[i, 0]]
         model = batman.TransitModel(params, time[i])
         for j in range(n_bins):
-            params.u = [float(ld[i, j, 0]), float(ld[i, j, 1])]
-            out[i, j] = (1.0 - model.light_curve(params)) / radius_ratio[i] ** 2
+            params.rp, params.u = float(radius_ratio[i, j]), [float(ld[i, j, 0]), float(ld[i, j, 1])]
+            out[i, j] = (1.0 - model.light_curve(params)) / radius_ratio[i, j] ** 2
     return out
 
 
@@ -87,22 +94,23 @@ def extract_depths(time, flux, white, ld, ld_white, period, a_rs, inclination) -
     tau = time / np.abs(time).max(axis=1, keepdims=True)
     ones = np.ones_like(tau)
     # the white-light channel: baseline + transit, its depth and the jitter proxy
-    s_white0 = unit_depth_shapes(time, np.full(n, 0.1), np.asarray(ld_white)[:, None, :], period, a_rs,
-                                 inclination)[:, 0]
-    xw = np.stack([ones, tau, tau ** 2, -s_white0], axis=-1)
-    coef_w, resid_w, inv_w = _solve(xw, white)
-    white_depth = np.clip(coef_w[:, 3], 1e-6, None)
-    rw = np.sqrt(white_depth)
-    # refit the white light with the shape at its own radius (the shape depends weakly on it)
-    s_white = unit_depth_shapes(time, rw, np.asarray(ld_white)[:, None, :], period, a_rs, inclination)[:, 0]
-    xw = np.stack([ones, tau, tau ** 2, -s_white], axis=-1)
-    coef_w, resid_w, inv_w = _solve(xw, white)
+    # the shape depends weakly on the radius ratio: start at 0.1, refit at the fitted one twice more
+    radius = np.full(n, 0.1)
+    for _ in range(3):
+        s_white = unit_depth_shapes(time, radius, np.asarray(ld_white)[:, None, :], period, a_rs, inclination)[:, 0]
+        coef_w, resid_w, inv_w = _solve(np.stack([ones, tau, tau ** 2, -s_white], axis=-1), white)
+        radius = np.sqrt(np.clip(coef_w[:, 3], 1e-6, None))
     white_rms = np.sqrt(np.sum(resid_w ** 2, axis=1) / (n_t - 4))
     shapes = unit_depth_shapes(time, np.sqrt(np.clip(coef_w[:, 3], 1e-6, None)), np.asarray(ld), period, a_rs,
                                inclination)
     base = np.stack([ones, tau, tau ** 2], axis=-1)[:, None, :, :].repeat(n_bins, axis=1)
-    x = np.concatenate([base, -shapes[..., None], np.broadcast_to(resid_w[:, None, :, None], (n, n_bins, n_t, 1))],
-                       axis=-1)
+    jitter = np.broadcast_to(resid_w[:, None, :, None], (n, n_bins, n_t, 1))
+    coef, resid, inv = _solve(np.concatenate([base, -shapes[..., None], jitter], axis=-1), flux)
+    # once more with each bin's shape at its own radius ratio (the ingress and egress lengthen with
+    # it; the white-light shape biased the deepest bins by up to 0.4% of their depth)
+    shapes = unit_depth_shapes_per_bin(time, np.sqrt(np.clip(coef[..., 3], 1e-6, None)), np.asarray(ld), period,
+                                       a_rs, inclination)
+    x = np.concatenate([base, -shapes[..., None], jitter], axis=-1)
     coef, resid, inv = _solve(x, flux)
     dof = n_t - x.shape[-1]
     s2 = np.sum(resid ** 2, axis=-1) / dof
