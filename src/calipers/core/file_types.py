@@ -86,3 +86,29 @@ class JSONFile(DataFile):
     """A JSON document (a fitted calibrator, a selection function)."""
 
     suffix = "json"
+
+
+class TransitLightCurveFile(HDFFile):
+    """Transit light curves per planet and wavelength bin, an array set
+    (:mod:`calipers.core.transit_files`)."""
+
+    suffix = "hdf5"
+
+
+class TransitDepthFile(HDFFile):
+    """Extracted transit depths per planet and bin, an array set (:mod:`calipers.core.transit_files`)."""
+
+    suffix = "hdf5"
+
+
+class GaussianVectorFile(HDFFile):
+    """Gaussian vectors ``mu[N, K]``, ``sigma[N, K]`` with meta ``id``, an array set
+    (:mod:`calipers.core.transit_files`)."""
+
+    suffix = "hdf5"
+
+
+class ArraySetFile(HDFFile):
+    """Any array set (:mod:`calipers.core.array_sets`): per-row arrays, ``meta`` and ``fixed`` groups."""
+
+    suffix = "hdf5"

@@ -15,8 +15,12 @@ from calipers.stages.lens import (ClassifierApplyCalibration, ClassifierCalibrat
                                   LensSimulate, LensTrain)
 from calipers.stages.spectra import (BoundComparison, FisherBound, SpectraEstimate, SpectraReport, SpectraSimulate,
                                      SpectraTrain)
+from calipers.stages.gaussian import GaussianApplyCalibration, GaussianCalibrate, GaussianGate
+from calipers.stages.transit import (DepthExtract, TransitAudit, TransitPredict, TransitReport, TransitSimulate,
+                                     TransitTrain)
 
-__all__ = ["SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "BoundComparison", "SpectraReport",
+__all__ = ["TransitSimulate", "DepthExtract", "TransitTrain", "TransitPredict", "TransitAudit", "TransitReport",
+           "GaussianCalibrate", "GaussianApplyCalibration", "GaussianGate", "SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "BoundComparison", "SpectraReport",
            "DistributionGate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",
            "ClassifierCalibrateWithNegatives", "ClassifierApplyCalibration",
            "LensSelectionFunction", "ClassifierGate", "LensReport", "SBIGate", "SBIPosterior", "SBIPosteriorSacc", "SBITrain", "Simulate", "SimulateCl", "CatalogCut", "CatalogSplit", "SpecSelection", "ShiftWeights", "ActiveSpecZSelect", "NZEstimate", "NZGate", "TheoryCl", "TomographicBinning", "SensitivityGate", "ShiftTest", "PhotozReport", "PZInform", "PZEstimate", "PZCalibrate", "PZApplyCalibration", "ValidationGate"]
