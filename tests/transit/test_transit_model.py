@@ -99,3 +99,26 @@ def test_training_learns_stops_on_the_held_out_nll_and_is_deterministic():
         predict(state, net, held[0][:, :, :30], held[1], held[2])
     with pytest.raises(ValueError, match="unknown term"):
         TransitTrainConfig(loss_weights={"smooth": 1.0})
+
+
+def test_audit_scores_smoothness_negatives_and_shares_exactly():
+    from calipers.transit.audit import audit_spectra, audit_summary
+
+    wavelength, _ = airs_ch0_bins(TransitSimConfig())
+    k = wavelength.size
+    smooth = np.full((1, k), 0.01) + 1e-4 * np.linspace(-1, 1, k)[None, :]  # a straight line
+    sigma = np.full((1, k), 1e-4)
+    spiky = smooth.copy()
+    spiky[0, 40] += 2e-4  # second differences +-2 sigma, -4 sigma at bin 40
+    negative = smooth.copy()
+    negative[0, [5, 6]] = -1e-5
+    recs = audit_spectra(np.vstack([smooth, spiky, negative]), np.vstack([sigma] * 3), wavelength)
+    assert recs[0]["smoothness"]["score"] == pytest.approx(0.0, abs=1e-18) and not recs[0]["smoothness"]["violated"]
+    assert recs[1]["smoothness"]["score"] == pytest.approx((4 + 16 + 4) / (k - 2))
+    assert recs[1]["smoothness"]["worst_bins"][0] == {"bin": 40, "second_difference_sigma": pytest.approx(-4.0)}
+    assert recs[2]["negative_depths"] == {"count": 2, "bins": [5, 6]}
+    for r in recs:
+        shares = r["loss_shares"]
+        assert sum(shares.values()) == pytest.approx(1.0) or sum(shares.values()) == 0.0
+    summary = audit_summary(recs)
+    assert summary["negative_depth_fraction"] == pytest.approx(1 / 3) and summary["n_planets"] == 3
