@@ -168,7 +168,8 @@ def main() -> None:
 def coverage_noise_floor(snr_rows, third_rows, n_draws: int = 400, seed: int = 0) -> dict:
     """The largest coverage error over the groups of this test design (every S/N, every [M/H] third,
     68 and 95%) that a *perfectly* calibrated model shows from sampling noise alone: the PIT drawn
-    uniform, ``n_draws`` times. Its median, 90th percentile and the chance of staying within 0.02 say
+    uniform and independent per row (a star's rows at several S/N are not quite independent in
+    truth), ``n_draws`` times. Its median, 90th percentile and the chance of staying within 0.02 say
     how much of a measured error is noise."""
     from calipers.validate.grouped import coverage_by_group
 
@@ -195,6 +196,8 @@ def rescore(directory: str, models) -> None:
         d = np.load(path)
         third, edges = quantile_bins(d["m_h"], 3)
         labels = {k: f"[{edges[k]:.2f}, {edges[k + 1]:.2f}]" for k in range(3)}
+        emit(coverage_noise_floor(np.repeat(d["snr"], d["m_h"].size), np.tile(third, d["snr"].size))
+             | {"from_predictions": path})
         for record in calibration_records(name, d["pit_cal"], d["feat_cal"], d["pit_test"], d["feat_test"],
                                           np.tile(third, d["snr"].size), labels):
             emit(record | {"from_predictions": path})
