@@ -63,3 +63,15 @@ def test_log_likelihood_coverage_and_z_summary_exact():
     with pytest.raises(ValueError, match="not finite at row 1, output 2"):
         y[1, 2] = np.inf
         gaussian_log_likelihood(y, mu, sigma)
+
+
+def test_window_pools_neighbouring_outputs():
+    # outputs 0-2 with |z| 1..9, 10..18 and 19..27: window 1 pools 0-1 for output 0 (18 scores)
+    z = np.stack([np.arange(1.0, 10.0), np.arange(10.0, 19.0), np.arange(19.0, 28.0)], axis=1)
+    sc = PerOutputConformalScaling(window=1).fit(np.zeros_like(z), np.ones_like(z), z)
+    z_c = norm.ppf(0.5 * (1 + NOMINAL[1]))
+    # output 0: 18 scores 1..18, ceil(19 c) = 13th smallest = 13; output 1: 27 scores, ceil(28 c) = 20th = 20
+    np.testing.assert_allclose(sc.factors[:2], np.array([13.0, 20.0]) / z_c, rtol=1e-12)
+    assert PerOutputConformalScaling.from_dict(sc.to_dict()).window == 1
+    with pytest.raises(ValueError, match="window"):
+        PerOutputConformalScaling(window=-1)

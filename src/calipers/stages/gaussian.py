@@ -64,8 +64,9 @@ class GaussianCalibrate(CalipersStage):
     """Fit the calibration of Gaussian vectors on a labelled set: ``temperature`` (one factor T on
     every sigma, maximum likelihood: T^2 = mean z^2), ``conformal`` (a factor per output from the
     split-conformal quantile of |z| at ``coverage``, so that mu +- sigma covers it per output), or
-    ``temperature_conformal`` (both, the conformal factors fitted after the temperature). Writes the
-    factors as JSON."""
+    ``temperature_conformal`` (both, the conformal factors fitted after the temperature), the scores
+    of ``window`` neighbouring outputs on each side pooled into each factor. Writes the factors as
+    JSON."""
 
     name = "GaussianCalibrate"
     parallel = False
@@ -74,14 +75,17 @@ class GaussianCalibrate(CalipersStage):
     config_options = CalipersStage.config_options | TRUTH_OPTIONS | {
         "method": Param(str, "temperature_conformal", msg="temperature, conformal or temperature_conformal"),
         "coverage": Param(float, 0.6827, msg="Conformal: the coverage of mu +- sigma per output after calibration"),
+        "window": Param(int, 0, msg="Conformal: pool the scores of outputs k-window..k+window into output k's factor "
+                                    "(0 = each output alone)"),
     }
 
     def validate(self):
         c = self.config
         if c["method"] not in METHODS:
             raise ConfigError(f"stage {self.instance_name}: method must be one of {METHODS}, got {c['method']!r}")
-        if not 0 < c["coverage"] < 1:
-            raise ConfigError(f"stage {self.instance_name}: coverage must be in (0, 1), got {c['coverage']}")
+        if not 0 < c["coverage"] < 1 or c["window"] < 0:
+            raise ConfigError(f"stage {self.instance_name}: need coverage in (0, 1) and window >= 0, got "
+                              f"{c['coverage']}, {c['window']}")
 
     def process(self):
         from calipers.calibrate import GaussianWidthScaling
@@ -97,8 +101,8 @@ class GaussianCalibrate(CalipersStage):
             out["temperature"] = GaussianWidthScaling().fit(mu, sigma, y).temperature
         if c["method"] in ("conformal", "temperature_conformal"):
             try:
-                out["conformal"] = PerOutputConformalScaling(c["coverage"]).fit(mu, sigma * out["temperature"],
-                                                                                y).to_dict()
+                out["conformal"] = PerOutputConformalScaling(c["coverage"], c["window"]).fit(
+                    mu, sigma * out["temperature"], y).to_dict()
             except ValueError as err:
                 raise ConfigError(f"stage {self.instance_name}: {err}") from err
         log.info("%s: temperature %.4f%s", self.instance_name, out["temperature"],
