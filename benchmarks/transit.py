@@ -53,6 +53,10 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--ablations", choices=["none", "zero", "all"], default="zero")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loss-weights", default="{}", help="JSON: physics-loss weights of the main network (over the "
+                                                          "library's defaults)")
+    ap.add_argument("--save-predictions", default="", help="an .npz for the main network's calibration and test "
+                                                               "predictions")
     ap.add_argument("--window", type=int, default=5, help="bins on each side pooled by the pooled conformal row")
     ap.add_argument("--seed", type=int, default=20)
     args = ap.parse_args()
@@ -107,6 +111,9 @@ def main() -> None:
         t0 = time.perf_counter()
         mu_c, s_c = predict(state, net, *feats["cal"])
         mu, sigma = predict(state, net, *feats["test"])
+        if main and args.save_predictions:
+            np.savez(args.save_predictions, mu_cal=mu_c, sigma_cal=s_c, y_cal=y["cal"], mu=mu, sigma=sigma,
+                     y=y["test"], wavelength=wavelength)
         temp = GaussianWidthScaling().fit(mu_c, s_c, y["cal"]).temperature
         conf = PerOutputConformalScaling().fit(mu_c, s_c * temp, y["cal"])
         pooled = PerOutputConformalScaling(window=args.window).fit(mu_c, s_c * temp, y["cal"])
@@ -126,7 +133,7 @@ def main() -> None:
         if main:
             timing.update(train=t_train, calibrate=t_cal, score=t_score)
 
-    default = TransitTrainConfig().loss_weights
+    default = TransitTrainConfig().loss_weights | json.loads(args.loss_weights)
     network("network", default, main=True)
     timing["end_to_end"] = sum(timing[k] for k in ("simulate", "extract", "train", "calibrate", "score"))
     emit({"benchmark": "transit", "what": "timing", "threads": args.threads,
