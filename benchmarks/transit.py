@@ -39,7 +39,7 @@ def main() -> None:
     from calipers.calibrate.gaussian import PerOutputConformalScaling
     from calipers.transit.audit import audit_spectra, audit_summary
     from calipers.transit.extract import extract_depths
-    from calipers.transit.model import (LOSS_TERMS, TransitNetConfig, TransitTrainConfig, predict,
+    from calipers.transit.model import (LOSS_TERMS, TransitNetConfig, TransitTrainConfig, predict_ensemble,
                                         train_transit_model, transit_features)
     from calipers.transit.score import NaivePredictor, ariel_score
     from calipers.transit.simulate import TransitSimConfig, simulate_transits
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--members", type=int, default=1, help="deep-ensemble members of each network")
     ap.add_argument("--ablations", choices=["none", "zero", "all"], default="zero")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loss-weights", default="{}", help="JSON: physics-loss weights of the main network (over the "
@@ -105,12 +106,17 @@ def main() -> None:
     def network(name, weights, main=False):
         tcfg = TransitTrainConfig(max_epochs=args.epochs, patience=args.patience, loss_weights=weights)
         t0 = time.perf_counter()
-        state, hist = train_transit_model((*feats["train"], y["train"]), (*feats["val"], y["val"]), net, tcfg,
-                                          wavelength, seed=args.seed, progress=True)
+        states, hists = [], []
+        for k in range(args.members):
+            state, hist = train_transit_model((*feats["train"], y["train"]), (*feats["val"], y["val"]), net, tcfg,
+                                              wavelength, seed=args.seed * 1000 + k if args.members > 1 else args.seed,
+                                              progress=True)
+            states.append(state)
+            hists.append(hist)
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
-        mu_c, s_c = predict(state, net, *feats["cal"])
-        mu, sigma = predict(state, net, *feats["test"])
+        mu_c, s_c = predict_ensemble(states, net, *feats["cal"])
+        mu, sigma = predict_ensemble(states, net, *feats["test"])
         if main and args.save_predictions:
             np.savez(args.save_predictions, mu_cal=mu_c, sigma_cal=s_c, y_cal=y["cal"], mu=mu, sigma=sigma,
                      y=y["test"], wavelength=wavelength)
@@ -118,8 +124,8 @@ def main() -> None:
         conf = PerOutputConformalScaling().fit(mu_c, s_c * temp, y["cal"])
         pooled = PerOutputConformalScaling(window=args.window).fit(mu_c, s_c * temp, y["cal"])
         t_cal = time.perf_counter() - t0
-        info = {"loss_weights": weights, "train_seconds": round(t_train, 1), "epochs": len(hist["held_out_nll"]),
-                "best_epoch": hist["best_epoch"]}
+        info = {"loss_weights": weights, "train_seconds": round(t_train, 1), "members": args.members,
+                "epochs": [len(h["held_out_nll"]) for h in hists], "best_epoch": [h["best_epoch"] for h in hists]}
         record(f"{name}", mu, sigma, info)
         record(f"{name} + temperature", mu, sigma * temp, info | {"temperature": temp})
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ pytest.importorskip("batman")
 
 SIM = {"n_bins": 12, "n_times": 48, "block_size": 64}
 TRAIN = {"channels": 8, "dilations": [1, 2], "hidden": 8, "max_epochs": 6, "patience": 6, "batch_size": 32,
-         "device": "cpu"}
+         "device": "cpu", "n_members": 2}
 
 
 def config(directory, extra=None) -> str:
@@ -93,6 +93,16 @@ def test_end_to_end_outputs(run):
         assert f"{fig}.png" in open(f"{run['report']}/index.html").read()
     depths, dmeta = read_array_set(run["test"], ["d_hat", "depth"], meta=None)
     assert {"planet_id", "white_depth", "white_sigma"} <= set(dmeta)
+    # a two-member deep ensemble: the predictions are its mixture moments
+    from calipers.stages.transit import read_depth_features, read_transit_model
+    from calipers.transit.model import predict_ensemble
+
+    states, net, model_meta = read_transit_model(run["model"])
+    assert len(states) == 2 and [m["seed"] for m in model_meta["model_card"]["members"]] == [4000, 4001]
+    xb, xg, base, _, _, _ = read_depth_features(run["test"])
+    want_mu, want_sigma = predict_ensemble(states, net, xb, xg, base)
+    np.testing.assert_allclose(raw_mu, want_mu, rtol=1e-12)
+    np.testing.assert_allclose(raw_sigma, want_sigma, rtol=1e-12)
 
 
 def test_training_and_prediction_are_deterministic(run, tmp_path):

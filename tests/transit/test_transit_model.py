@@ -122,3 +122,23 @@ def test_audit_scores_smoothness_negatives_and_shares_exactly():
         assert sum(shares.values()) == pytest.approx(1.0) or sum(shares.values()) == 0.0
     summary = audit_summary(recs)
     assert summary["negative_depth_fraction"] == pytest.approx(1 / 3) and summary["n_planets"] == 3
+
+
+def test_ensemble_prediction_is_the_mixture_moments():
+    from calipers.transit.model import predict_ensemble
+
+    torch.set_num_threads(1)
+    k = 20
+    train, wavelength = toy(120, k, 0)
+    held, _ = toy(40, k, 1)
+    net = TransitNetConfig(n_bins=k, channels=4, dilations=(1,), hidden=4)
+    cfg = TransitTrainConfig(max_epochs=2, patience=2, batch_size=32)
+    states = [train_transit_model(train, held, net, cfg, 2.0 + wavelength, seed=s)[0] for s in (1, 2)]
+    (m1, s1), (m2, s2) = (predict(s, net, *held[:3]) for s in states)
+    mu, sigma = predict_ensemble(states, net, *held[:3])
+    np.testing.assert_allclose(mu, (m1 + m2) / 2, rtol=1e-12)
+    # two equal-weight Gaussians: variance = (s1^2 + s2^2) / 2 + ((m1 - m2) / 2)^2
+    np.testing.assert_allclose(sigma ** 2, (s1 ** 2 + s2 ** 2) / 2 + ((m1 - m2) / 2) ** 2, rtol=1e-10)
+    one_mu, one_sigma = predict_ensemble(states[:1], net, *held[:3])
+    np.testing.assert_array_equal(one_mu, m1)
+    np.testing.assert_allclose(one_sigma, s1, rtol=1e-12)

@@ -162,9 +162,10 @@ def read_depth_features(path: str, rows: slice | None = None, need_truth: bool =
 
 class TransitTrain(CalipersStage):
     """Train the mu/sigma network (:mod:`calipers.transit.model`) on a depth file with the true
-    depths, stopping early on the Gaussian NLL of a held-out depth file (other planets). Writes a
-    model directory (JSON + state dict, checksummed; loads with ``weights_only``) with a model card:
-    the history (training loss, held-out NLL and physics terms per epoch), the configuration."""
+    depths, stopping early on the Gaussian NLL of a held-out depth file (other planets);
+    ``n_members`` such networks (seeds ``seed * 1000 + k``) make a deep ensemble. Writes a model
+    directory (JSON + state dicts, checksummed; loads with ``weights_only``) with a model card: each
+    member's history (training loss, held-out NLL and physics terms per epoch), the configuration."""
 
     name = "TransitTrain"
     parallel = False
@@ -183,6 +184,8 @@ class TransitTrain(CalipersStage):
         "loss_weights": Param(dict, {"smoothness": 0.1, "positivity": 1.0, "band_coherence": 0.1, "seam": 1.0},
                               msg="Weight of each physics loss (smoothness, positivity, band_coherence, seam)"),
         "seams": Param(list, [], msg="Bin indices where the detector layout has a seam (none in AIRS-CH0)"),
+        "n_members": Param(int, 1, msg="Deep-ensemble members (seeds seed * 1000 + k); the prediction is the moments "
+                                       "of their Gaussians' mixture"),
     }
 
     def _net_and_train(self, n_bins: int):
@@ -200,6 +203,8 @@ class TransitTrain(CalipersStage):
         return net, train
 
     def validate(self):
+        if self.config["n_members"] < 1:
+            raise ConfigError(f"stage {self.instance_name}: n_members must be >= 1, got {self.config['n_members']}")
         self._net_and_train(283)
 
     def process(self):
@@ -219,36 +224,46 @@ class TransitTrain(CalipersStage):
             raise FileFormatError(f"{train_path}: no fixed 'wavelength' array (the bins' centres)")
         net, train = self._net_and_train(xb.shape[2])
         t0 = time.perf_counter()
-        state, hist = train_transit_model((xb, xg, base, truth), (hb, hg, hbase, htruth), net, train, wavelength,
-                                          seed=c["seed"], seams=[int(s) for s in c["seams"]],
-                                          device=self.torch_device(), progress=True)
+        states, histories = [], []
+        for k in range(c["n_members"]):
+            seed = c["seed"] * 1000 + k if c["n_members"] > 1 else c["seed"]
+            state, hist = train_transit_model((xb, xg, base, truth), (hb, hg, hbase, htruth), net, train, wavelength,
+                                              seed=seed, seams=[int(s) for s in c["seams"]],
+                                              device=self.torch_device(), progress=True)
+            states.append(state)
+            histories.append(hist | {"seed": seed})
         card = {"kind": "transit_mu_sigma", "training_set": train_path, "held_out_set": held_path,
                 "n_training_planets": int(xb.shape[0]), "n_held_out_planets": int(hb.shape[0]),
-                "training_seconds": time.perf_counter() - t0, "history": hist, "device": self.torch_device(),
-                "config": self.config_dict(), "provenance": self.provenance()}
+                "n_members": len(states), "training_seconds": time.perf_counter() - t0, "members": histories,
+                "device": self.torch_device(), "config": self.config_dict(), "provenance": self.provenance()}
         write_model_dir(self.output_path("model"), {"net": net.to_dict(), "train": train.to_dict(),
                                                     "seams": [int(s) for s in c["seams"]],
                                                     "wavelength": [float(w) for w in wavelength],
-                                                    "model_card": card}, {"state": state})
+                                                    "model_card": card}, {"members": states})
 
 
 def read_transit_model(directory: str):
-    """``(state, net config, metadata)`` of a :class:`TransitTrain` model directory."""
+    """``(member states, net config, metadata)`` of a :class:`TransitTrain` model directory."""
     from calipers.core.models import read_model_dir
     from calipers.transit.model import TransitNet, TransitNetConfig
 
     meta, states = read_model_dir(directory, "transit model")
     try:
         net = TransitNetConfig.from_dict(meta["net"])
-        TransitNet(net).load_state_dict(states["state"])
+        members = list(states["members"])
+        if not members:
+            raise ValueError("no members")
+        for state in members:
+            TransitNet(net).load_state_dict(state)  # strict: every key and shape must match the config
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise FileFormatError(f"{directory}: not a transit model ({err})") from err
-    return states["state"], net, meta
+    return members, net, meta
 
 
 class TransitPredict(CalipersStage):
     """Apply a :class:`TransitTrain` model to a depth file: a Gaussian-vector file (``mu``,
-    ``sigma`` per planet and bin, meta ``id`` = planet_id, the wavelengths). A depth file with
+    ``sigma`` per planet and bin, the members' mixture moments; meta ``id`` = planet_id, the
+    wavelengths). A depth file with
     another number of bins, or a non-finite or non-positive ``sigma_hat``, is refused with the file,
     the planet row and the bin named, before anything is written."""
 
@@ -263,10 +278,10 @@ class TransitPredict(CalipersStage):
     def process(self):
         from calipers.core.array_sets import ArraySetWriter, array_set_info
         from calipers.core.transit_files import DEPTHS, GAUSSIAN_VECTORS
-        from calipers.transit.model import predict
+        from calipers.transit.model import predict_ensemble
 
         c = self.config
-        state, net, meta = read_transit_model(self.input_path("model"))
+        states, net, meta = read_transit_model(self.input_path("model"))
         path = self.input_path("depths")
         info = array_set_info(path, DEPTHS)
         k = info["arrays"]["d_hat"][0]
@@ -282,7 +297,7 @@ class TransitPredict(CalipersStage):
                             attrs={"outputs": "transit depth per wavelength bin", "depths": path},
                             provenance=self.provenance()) as out:
             for xb, xg, base, _, m, _ in chunks:
-                mu, sigma = predict(state, net, xb, xg, base, device=self.torch_device())
+                mu, sigma = predict_ensemble(states, net, xb, xg, base, device=self.torch_device())
                 out.append({"mu": mu, "sigma": sigma}, {"id": m["planet_id"]})
 
 

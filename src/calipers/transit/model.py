@@ -41,7 +41,7 @@ N_GLOBAL = 4
 LOSS_TERMS = ("smoothness", "positivity", "band_coherence", "seam")
 
 __all__ = ["LOSS_TERMS", "TransitNet", "TransitNetConfig", "TransitTrainConfig", "band_windows", "physics_terms",
-           "predict", "transit_features", "transit_loss", "train_transit_model"]
+           "predict", "predict_ensemble", "transit_features", "transit_loss", "train_transit_model"]
 
 
 def band_windows(wavelength, min_strength: float = 1e-25, half_widths: float = 2.0) -> list[dict]:
@@ -277,3 +277,17 @@ def predict(state: dict, net: TransitNetConfig, x_bins, x_global, base, device: 
     a = np.concatenate(mus) if mus else np.zeros((0, net.n_bins))
     sig = np.concatenate(sigmas) if sigmas else np.zeros((0, net.n_bins))
     return np.asarray(base)[:, None] + SCALE * a, SCALE * sig
+
+
+def predict_ensemble(states: list[dict], net: TransitNetConfig, x_bins, x_global, base, device: str = "cpu",
+                     batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The deep ensemble's Gaussian per bin: the moments of the equal-weight mixture of the members'
+    Gaussians, ``mu = <mu_m>`` and ``sigma^2 = <sigma_m^2> + <mu_m^2> - <mu_m>^2`` [n, K]."""
+    if not states:
+        raise ValueError("predict_ensemble: no member states")
+    parts = [predict(s, net, x_bins, x_global, base, device, batch_size) for s in states]
+    mus = np.stack([p[0] for p in parts])
+    sigmas = np.stack([p[1] for p in parts])
+    mu = mus.mean(0)
+    var = (sigmas ** 2).mean(0) + ((mus - mu) ** 2).mean(0)
+    return mu, np.sqrt(var)
