@@ -364,7 +364,7 @@ class TransitReport(CalipersStage):
 
     def process(self):
         from calipers.core.array_sets import read_array_set
-        from calipers.core.report import write_report
+        from calipers.core.report import html_table, write_report
         from calipers.core.transit_files import DEPTHS, read_gaussian_vectors
         from calipers.transit.score import NaivePredictor, ariel_score
         from calipers.validate import gaussian_plots
@@ -386,8 +386,10 @@ class TransitReport(CalipersStage):
         table = [{"predictor": name, "ariel_score": ariel_score(y, m, s, naive),
                   "rmse_ppm": float(np.sqrt(np.mean((m - y) ** 2)) * 1e6)} | z_score_summary(y, m, s)
                  for name, (m, s) in rows.items()]
-        gate = json.loads(open(os.path.join(self.input_path("gate"), "report.json")).read())
-        audit = json.loads(open(os.path.join(self.input_path("audit"), "report.json")).read())
+        with open(os.path.join(self.input_path("gate"), "report.json")) as fh:
+            gate = json.load(fh)
+        with open(os.path.join(self.input_path("audit"), "report.json")) as fh:
+            audit = json.load(fh)
         figures = {
             "example_spectra": gaussian_plots.example_spectra(wavelength, y, mu, sigma, c["n_examples"],
                                                               self.rng(1)),
@@ -399,8 +401,6 @@ class TransitReport(CalipersStage):
             "z_scores": gaussian_plots.z_histograms({"network": (y - raw_mu) / raw_sigma,
                                                      "calibrated": (y - mu) / sigma}),
         }
-        from calipers.core.report import html_table
-
         html = html_table(table, ["predictor", "ariel_score", "rmse_ppm", "z_std", "coverage_1sigma",
                                   "coverage_1sigma_min", "coverage_1sigma_max", "coverage_2sigma_min",
                                   "coverage_2sigma_max"], "Score and calibration of each predictor")
