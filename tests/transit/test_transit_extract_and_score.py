@@ -66,3 +66,25 @@ def test_ariel_score_fixed_points():
         s = np.full_like(y, 1e-4)
         s[3, 7] = -1.0
         ariel_score(y, y, s, naive)
+
+
+def test_per_bin_fit_equals_the_full_least_squares():
+    from calipers.transit.extract import _fit_bins
+
+    rng = np.random.default_rng(5)
+    n, k, t = 3, 4, 50
+    tau = np.linspace(-1, 1, t)
+    shared = np.stack([np.ones((n, t)), np.broadcast_to(tau, (n, t)), np.broadcast_to(tau ** 2, (n, t)),
+                       rng.normal(size=(n, t))], axis=-1)
+    shapes = rng.uniform(0, 1, (n, k, t))
+    flux = rng.normal(size=(n, k, t))
+    d, sigma, rms, beta = _fit_bins(shared, shapes, flux)
+    for i in range(n):
+        for j in range(k):
+            x = np.column_stack([shared[i], -shapes[i, j]])
+            coef, rss, _, _ = np.linalg.lstsq(x, flux[i, j], rcond=None)
+            s2 = rss[0] / (t - 5)
+            assert d[i, j] == pytest.approx(coef[4], rel=1e-9)
+            assert beta[i, j] == pytest.approx(coef[3], rel=1e-9)
+            assert sigma[i, j] == pytest.approx(np.sqrt(s2 * np.linalg.inv(x.T @ x)[4, 4]), rel=1e-9)
+            assert rms[i, j] == pytest.approx(np.sqrt(s2), rel=1e-9)

@@ -55,6 +55,27 @@ def unit_depth_shapes_per_bin(time, radius_ratio, ld, period, a_rs, inclination)
     return out
 
 
+def _fit_bins(shared: np.ndarray, shapes: np.ndarray, flux: np.ndarray):
+    """Every bin's least-squares fit ``flux = shared @ c - d * shape`` by Frisch-Waugh-Lovell: the
+    columns every bin of a planet shares (``shared`` [n, T, 4]: baseline and jitter regressor) are
+    projected out once per planet, leaving one column per bin. Exactly the full five-column fit's
+    ``d``, its formal error ``s sqrt((X^T X)^-1_dd)`` with ``s^2 = RSS / (T - 5)``, ``s`` and the
+    jitter coefficient (the last shared column), without building [n, K, T, 5] design matrices."""
+    st = np.swapaxes(shared, 1, 2)  # [n, 4, T]
+    proj = np.linalg.solve(st @ shared, st)  # (Q^T Q)^-1 Q^T, [n, 4, T]
+
+    def residual(v):  # v [n, K, T] minus its projection on the shared columns
+        return v - (v @ np.swapaxes(proj, 1, 2)) @ st
+
+    y_res, s_res = residual(flux), residual(shapes)
+    ss = np.sum(s_res * s_res, axis=-1)
+    d = -np.sum(s_res * y_res, axis=-1) / ss
+    resid = y_res + d[..., None] * s_res
+    s2 = np.sum(resid ** 2, axis=-1) / (flux.shape[-1] - shared.shape[-1] - 1)
+    coef = (flux + d[..., None] * shapes) @ np.swapaxes(proj, 1, 2)  # the shared columns' coefficients
+    return d, np.sqrt(s2 / ss), np.sqrt(s2), coef[..., 3]
+
+
 def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched least squares: x [..., T, P], y [..., T] -> coefficients [..., P], residuals [..., T],
     (X^T X)^-1 [..., P, P]."""
@@ -103,16 +124,12 @@ def extract_depths(time, flux, white, ld, ld_white, period, a_rs, inclination) -
     white_rms = np.sqrt(np.sum(resid_w ** 2, axis=1) / (n_t - 4))
     shapes = unit_depth_shapes(time, np.sqrt(np.clip(coef_w[:, 3], 1e-6, None)), np.asarray(ld), period, a_rs,
                                inclination)
-    base = np.stack([ones, tau, tau ** 2], axis=-1)[:, None, :, :].repeat(n_bins, axis=1)
-    jitter = np.broadcast_to(resid_w[:, None, :, None], (n, n_bins, n_t, 1))
-    coef, resid, inv = _solve(np.concatenate([base, -shapes[..., None], jitter], axis=-1), flux)
+    shared = np.stack([ones, tau, tau ** 2, resid_w], axis=-1)  # [n, T, 4]: the columns every bin shares
+    d_hat, sigma_hat, rms, beta = _fit_bins(shared, shapes, flux)
     # once more with each bin's shape at its own radius ratio (the ingress and egress lengthen with
     # it; the white-light shape biased the deepest bins by up to 0.4% of their depth)
-    shapes = unit_depth_shapes_per_bin(time, np.sqrt(np.clip(coef[..., 3], 1e-6, None)), np.asarray(ld), period,
+    shapes = unit_depth_shapes_per_bin(time, np.sqrt(np.clip(d_hat, 1e-6, None)), np.asarray(ld), period,
                                        a_rs, inclination)
-    x = np.concatenate([base, -shapes[..., None], jitter], axis=-1)
-    coef, resid, inv = _solve(x, flux)
-    dof = n_t - x.shape[-1]
-    s2 = np.sum(resid ** 2, axis=-1) / dof
-    return DepthFit(d_hat=coef[..., 3], sigma_hat=np.sqrt(s2 * inv[..., 3, 3]), rms=np.sqrt(s2), beta=coef[..., 4],
+    d_hat, sigma_hat, rms, beta = _fit_bins(shared, shapes, flux)
+    return DepthFit(d_hat=d_hat, sigma_hat=sigma_hat, rms=rms, beta=beta,
                     white_depth=coef_w[:, 3], white_sigma=white_rms * np.sqrt(inv_w[:, 3, 3]), white_rms=white_rms)
