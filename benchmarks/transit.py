@@ -48,10 +48,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-planets", type=int, default=10_000, help="split 50/10/20/20 into train/val/cal/test")
     ap.add_argument("--n-bins", type=int, default=283)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=45)
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--channels", type=int, default=32)
-    ap.add_argument("--members", type=int, default=1, help="deep-ensemble members of each network")
+    ap.add_argument("--members", type=int, default=3, help="deep-ensemble members of each network")
     ap.add_argument("--ablations", choices=["none", "zero", "all"], default="zero")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loss-weights", default="{}", help="JSON: physics-loss weights of the main network (over the "
