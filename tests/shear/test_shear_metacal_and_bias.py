@@ -2,7 +2,7 @@ import galsim
 import numpy as np
 import pytest
 
-from calipers.shear.bias import bin_index, fit_bias, mean_response, response_calibrate
+from calipers.shear.bias import bin_index, fit_bias, fit_bias_calibrated, mean_response, response_calibrate
 from calipers.shear.metacal import MetacalOperators, metacal_galsim, reconvolution_psf, response_matrix
 from calipers.shear.simulate import ShearSimConfig, psf_image, render
 
@@ -110,3 +110,54 @@ def test_response_calibration_per_bin_removes_a_known_response():
     assert list(bin_index([5, 10, 29.9, 30, 500], [10, 30, 100])) == [0, 0, 0, 1, 1]
     with pytest.raises(ValueError, match="no mean response"):
         response_calibrate(g_hat, response, bins, mean_r={0: r_true[0]})
+
+
+def test_calibrated_fit_propagates_the_response_measurement_error():
+    # noise-cancelling pairs: the +g and -g rows of a unit share their noise and their response r_i, so
+    # m = <r> / <R> - 1 is limited by the metacal response's error R_i - r_i, not by the spread of r_i
+    rng = np.random.default_rng(4)
+    n_units = 3000
+    r = np.clip(rng.normal(0.5, 0.3, n_units), 0.05, None)  # each galaxy's true (isotropic) response
+    g = rng.choice([-0.02, 0.02], size=(n_units, 2))
+    noise = rng.normal(0, 0.1, (n_units, 2))
+    eps = np.concatenate([r[:, None] * g + noise, -r[:, None] * g + noise])
+    g_all = np.concatenate([g, -g])
+    units = np.concatenate([np.arange(n_units)] * 2)
+
+    def responses(measured):
+        return np.concatenate([measured, measured])[:, None, None] * np.eye(2)
+
+    exact = fit_bias_calibrated(eps, responses(r), g_all, units=units, n_boot=100, seed=1)
+    assert abs(exact["m1"]) < 1e-10 and exact["m1_err"] < 1e-9  # <R>^-1 <r g> = g in every resample
+    # holding <R> fixed while resampling would report the spread of r instead: sd(r) / <r> / sqrt(N)
+    fixed = fit_bias(response_calibrate(eps, responses(r)), g_all, units, n_boot=100)
+    assert fixed["m1_err"] == pytest.approx(np.std(r) / np.mean(r) / np.sqrt(n_units), rel=0.25)
+    delta = rng.normal(0, 0.2, n_units)  # the metacal response's error per galaxy
+    res = fit_bias_calibrated(eps, responses(r + delta), g_all, units=units, n_boot=300, seed=1)
+    expected = 0.2 / np.mean(r) / np.sqrt(n_units)
+    assert res["m1_err"] == pytest.approx(expected, rel=0.3) and res["m2_err"] == pytest.approx(expected, rel=0.3)
+    assert abs(res["m1"] - (np.mean(r) / np.mean(r + delta) - 1)) < 1e-10
+
+
+def test_ellipse_coverage_is_the_chi2_probability():
+    from calipers.validate.gaussian import ellipse_coverage, mahalanobis2
+
+    # a diagonal covariance: d^2 is the sum of squared z-scores
+    mu = np.array([[0.1, -0.2]])
+    cov = np.array([[[0.04, 0.0], [0.0, 0.01]]])
+    assert mahalanobis2(np.array([[0.3, -0.1]]), mu, cov)[0] == pytest.approx((0.2 / 0.2) ** 2 + (0.1 / 0.1) ** 2)
+    # draws from the stated Gaussians are inside the p ellipse a fraction p of the time; the 68% ellipse
+    # of a 2-D Gaussian is d^2 <= -2 ln(0.32) = 2.279
+    rng = np.random.default_rng(0)
+    n = 200_000
+    a = rng.uniform(0.01, 0.1, (n, 2))
+    rho = rng.uniform(-0.8, 0.8, n)
+    c = np.empty((n, 2, 2))
+    c[:, 0, 0], c[:, 1, 1] = a[:, 0] ** 2, a[:, 1] ** 2
+    c[:, 0, 1] = c[:, 1, 0] = rho * a[:, 0] * a[:, 1]
+    y = np.einsum("nij,nj->ni", np.linalg.cholesky(c), rng.normal(size=(n, 2)))
+    cover = ellipse_coverage(y, np.zeros((n, 2)), c, (0.68, 0.95))
+    assert cover[0.68] == pytest.approx(0.68, abs=0.004) and cover[0.95] == pytest.approx(0.95, abs=0.002)
+    assert ellipse_coverage(2 * y, np.zeros((n, 2)), c, (0.68,))[0.68] < 0.35  # over-confident by 2
+    with pytest.raises(ValueError, match="need y, mu"):
+        mahalanobis2(np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2)))

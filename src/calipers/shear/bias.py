@@ -57,6 +57,43 @@ def fit_bias(g_hat, g_true, units=None, n_boot: int = 200, seed: int = 0) -> dic
     return out
 
 
+def fit_bias_calibrated(eps, response, g_true, bins=None, units=None, n_boot: int = 200, seed: int = 0) -> dict:
+    """:func:`fit_bias` of the response-calibrated estimates ``<R>_b^-1 eps``, with bootstrap errors
+    that include the uncertainty of the mean responses: each resample of units recomputes every bin's
+    ``<R>`` from its own rows before fitting (with noise-cancelling pairs the response's scatter
+    between galaxies, not the shape noise, limits m)."""
+    eps = np.asarray(eps, dtype=float)
+    response = np.asarray(response, dtype=float)
+    g_true = np.asarray(g_true, dtype=float)
+    bins = np.zeros(len(eps), int) if bins is None else np.asarray(bins)
+    units = np.arange(len(eps)) if units is None else np.asarray(units)
+    out = fit_bias(response_calibrate(eps, response, bins), g_true, units, n_boot=0)
+    if n_boot > 0:
+        uniq, inv = np.unique(units, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        starts = np.searchsorted(inv[order], np.arange(len(uniq)))
+        counts = np.diff(np.append(starts, len(order)))
+        rng = np.random.default_rng(seed)
+        boot = {k: [] for k in ("m1", "m2", "c1", "c2")}
+        for _ in range(n_boot):
+            pick = rng.integers(0, len(uniq), len(uniq))
+            rows = order[np.repeat(starts[pick], counts[pick]) + _ranges(counts[pick])]
+            b = bins[rows]
+            mean_r = {int(k): response[rows][b == k].mean(axis=0) for k in np.unique(b)}
+            res = fit_bias(response_calibrate(eps[rows], None, b, mean_r), g_true[rows], n_boot=0)
+            for k in boot:
+                boot[k].append(res[k])
+        for k, v in boot.items():
+            out[f"{k}_err"] = float(np.std(v, ddof=1))
+    return out
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """``[0..c0-1, 0..c1-1, ...]`` for the given counts."""
+    ends = np.cumsum(counts)
+    return np.arange(ends[-1]) - np.repeat(ends - counts, counts) if len(counts) else np.zeros(0, int)
+
+
 def bin_index(values, edges) -> np.ndarray:
     """The bin of each value among ``edges`` (values outside go to the first or last bin)."""
     edges = np.asarray(edges, dtype=float)

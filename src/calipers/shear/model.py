@@ -149,16 +149,30 @@ def network_inputs(images: np.ndarray, noise_sigma: np.ndarray, psf_images: np.n
     return np.ascontiguousarray(np.stack([images / sig, psf], axis=1)[:, :, ::-1, :])
 
 
-def gaussian_head(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(eps[n, 2], cov[n, 2, 2], eps_raw_norm[n])`` from the network's five outputs."""
+def _head_parts(out: torch.Tensor):
     raw = out[:, 0:2]
     norm = torch.sqrt((raw ** 2).sum(1) + 1e-12)
     eps = raw * (torch.tanh(norm) / norm)[:, None]
-    u = out[:, 2:4]
     s2 = nn.functional.softplus(out[:, 4]) ** 2 + SIGMA_FLOOR ** 2
+    return eps, out[:, 2:4], s2, norm
+
+
+def gaussian_head(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(eps[n, 2], cov[n, 2, 2], eps_raw_norm[n])`` from the network's five outputs."""
+    eps, u, s2, norm = _head_parts(out)
     eye = torch.eye(2, dtype=out.dtype, device=out.device)
     cov = s2[:, None, None] * eye + u[:, :, None] * u[:, None, :]
     return eps, cov, norm
+
+
+def head_nll(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_nll_2d` of the head's Gaussian, in the form that cannot cancel in float32:
+    ``det C = s^2 (s^2 + |u|^2)`` and ``r^T C^-1 r = (|r|^2 - (u.r)^2 / (s^2 + |u|^2)) / s^2``."""
+    eps, u, s2, _ = _head_parts(out)
+    r = target - eps
+    big = s2 + (u ** 2).sum(1)
+    quad = ((r ** 2).sum(1) - (u * r).sum(1) ** 2 / big) / s2
+    return 0.5 * (torch.log(s2) + torch.log(big) + quad) + math.log(2 * math.pi)
 
 
 def gaussian_nll_2d(eps: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -170,8 +184,8 @@ def gaussian_nll_2d(eps: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) 
 
 
 def shear_loss(out: torch.Tensor, target: torch.Tensor, penalty: float) -> tuple[torch.Tensor, dict]:
-    eps, cov, norm = gaussian_head(out)
-    nll = gaussian_nll_2d(eps, cov, target).mean()
+    norm = _head_parts(out)[3]
+    nll = head_nll(out, target).mean()
     phys = (torch.relu(norm - 1.0) ** 2).mean()
     return nll + penalty * phys, {"nll": float(nll.detach()), "norm_penalty": float(phys.detach())}
 
@@ -198,6 +212,7 @@ class ShearTrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     norm_penalty: float = 10.0
+    clip_grad_norm: float = 5.0
     augment: bool | None = None  # None: augment the plain network only
 
     def __post_init__(self):
@@ -244,8 +259,12 @@ def train_shear_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
                 loss, _ = shear_loss(model(xb.to(device)), yb.to(device), cfg.norm_penalty)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
                 opt.step()
                 sched.step()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"shear net ({net.kind}): the loss became {float(loss)} in epoch {epoch}; "
+                                             f"lower learning_rate ({cfg.learning_rate})")
                 total += float(loss.detach()) * len(idx)
             hist["samples_per_s"].append(len(xt) / (time.perf_counter() - t_ep))
             val = evaluate_nll(model, xv, yv, device)
@@ -270,8 +289,7 @@ def evaluate_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str
     tot = 0.0
     with torch.no_grad():
         for s in range(0, len(x), batch):
-            eps, cov, _ = gaussian_head(model(x[s:s + batch].to(device)))
-            tot += float(gaussian_nll_2d(eps, cov, y[s:s + batch].to(device)).sum())
+            tot += float(head_nll(model(x[s:s + batch].to(device)), y[s:s + batch].to(device)).sum())
     return tot / max(len(x), 1)
 
 

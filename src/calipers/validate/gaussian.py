@@ -10,7 +10,8 @@ from scipy.stats import norm
 
 from calipers.checks import gaussian_vectors
 
-__all__ = ["coverage_per_output", "gaussian_log_likelihood", "z_score_summary", "NOMINAL"]
+__all__ = ["coverage_per_output", "ellipse_coverage", "gaussian_log_likelihood", "mahalanobis2", "z_score_summary",
+           "NOMINAL"]
 
 NOMINAL = {1: float(2 * norm.cdf(1.0) - 1), 2: float(2 * norm.cdf(2.0) - 1)}  # 0.6827, 0.9545
 
@@ -39,3 +40,27 @@ def z_score_summary(y, mu, sigma) -> dict:
         out |= {f"coverage_{k}sigma": float(np.mean(np.abs(z) <= k)), f"coverage_{k}sigma_min": float(per.min()),
                 f"coverage_{k}sigma_max": float(per.max())}
     return out
+
+
+def mahalanobis2(y, mu, cov) -> np.ndarray:
+    """``(y - mu)^T C^-1 (y - mu)`` per row for full covariances ``cov[N, K, K]`` (K small: shear)."""
+    y, mu, cov = (np.asarray(a, dtype=float) for a in (y, mu, cov))
+    if mu.ndim != 2 or y.shape != mu.shape or cov.shape != (*mu.shape, mu.shape[1]):
+        raise ValueError(f"mahalanobis2: need y, mu [N, K] and cov [N, K, K], got {y.shape}, {mu.shape}, {cov.shape}")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(mu)) and np.all(np.isfinite(cov))):
+        raise ValueError("mahalanobis2: non-finite values")
+    r = y - mu
+    try:
+        return np.einsum("ni,ni->n", r, np.linalg.solve(cov, r[..., None])[..., 0])
+    except np.linalg.LinAlgError as err:
+        raise ValueError(f"mahalanobis2: a covariance is singular ({err})") from err
+
+
+def ellipse_coverage(y, mu, cov, levels=(0.68, 0.95)) -> dict:
+    """Fraction of rows inside the ``p`` credible ellipsoid of ``N(mu, cov)``, ``d^2 <= chi2_K(p)``, for
+    each level ``p`` (in 2-D ``chi2_2(p) = -2 ln(1 - p)``)."""
+    from scipy.stats import chi2
+
+    d2 = mahalanobis2(y, mu, cov)
+    k = np.asarray(mu).shape[1]
+    return {float(p): float(np.mean(d2 <= chi2.ppf(p, k))) for p in levels}
