@@ -60,3 +60,4 @@ def test_pipeline_runs_calibrates_and_passes_its_gate(shear_run):
     assert abs(gate["metrics"]["coverage_68"] - 0.68) <= 0.05 and abs(gate["metrics"]["coverage_95"] - 0.95) <= 0.05
     card = json.loads((out / "shear_model" / "metadata.json").read_text())["model_card"]
     assert card["equivariance"]["exact_90_max_error"] < 1e-5
+    assert (out / "shear_report" / "index.html").exists()

@@ -54,6 +54,9 @@ def run(tmp_path_factory):
     run_stage("ShearCalibrate", cfg, estimates=out["est"], calibrated=out["cal"], calibrator=out["calibrator"])
     run_stage("ShearBias", cfg, calibrated=out["cal"], bias=out["bias"])
     run_stage("ShearGate", cfg, calibrated=out["cal"], bias=out["bias"], report=out["gate"])
+    out["report"] = str(d / "report")
+    run_stage("ShearReport", cfg, model=out["model"], calibrated=out["cal"], bias=out["bias"], gate=out["gate"],
+              shear_report=out["report"])
     return out | {"config": cfg}
 
 
@@ -76,6 +79,9 @@ def test_stages_write_estimates_responses_and_reports(run):
                                                    "calibrated_m1", "calibrated_c2"}
     card = json.load(open(f"{run['model']}/metadata.json"))["model_card"]
     assert card["equivariance"]["exact_90_max_error"] < 1e-5
+    report = json.load(open(f"{run['report']}/report.json"))
+    assert report["metrics"]["equivariance_exact_90_max_error"] < 1e-5
+    assert set(report["figures"]) == {"m_vs_snr.png", "m_vs_size.png", "mahalanobis.png"}
 
 
 def test_estimates_are_deterministic_under_a_seed(run):

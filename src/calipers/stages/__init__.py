@@ -16,11 +16,12 @@ from calipers.stages.lens import (ClassifierApplyCalibration, ClassifierCalibrat
 from calipers.stages.spectra import (BoundComparison, FisherBound, SpectraEstimate, SpectraReport, SpectraSimulate,
                                      SpectraTrain)
 from calipers.stages.gaussian import GaussianApplyCalibration, GaussianCalibrate, GaussianGate
-from calipers.stages.shear import ShearBias, ShearCalibrate, ShearEstimate, ShearGate, ShearSimulate, ShearTrain
+from calipers.stages.shear import (ShearBias, ShearCalibrate, ShearEstimate, ShearGate, ShearReport, ShearSimulate,
+                                   ShearTrain)
 from calipers.stages.transit import (DepthExtract, TransitAudit, TransitPredict, TransitReport, TransitSimulate,
                                      TransitTrain)
 
-__all__ = ["ShearSimulate", "ShearTrain", "ShearEstimate", "ShearCalibrate", "ShearBias", "ShearGate",
+__all__ = ["ShearSimulate", "ShearTrain", "ShearEstimate", "ShearCalibrate", "ShearBias", "ShearGate", "ShearReport",
            "TransitSimulate", "DepthExtract", "TransitTrain", "TransitPredict", "TransitAudit", "TransitReport",
            "GaussianCalibrate", "GaussianApplyCalibration", "GaussianGate", "SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "BoundComparison", "SpectraReport",
            "DistributionGate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",

@@ -18,7 +18,7 @@ from calipers.core.stage import DEVICE_OPTION, CalipersStage, Param
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ShearBias", "ShearCalibrate", "ShearEstimate", "ShearGate", "ShearSimulate", "ShearTrain"]
+__all__ = ["ShearBias", "ShearCalibrate", "ShearEstimate", "ShearGate", "ShearReport", "ShearSimulate", "ShearTrain"]
 
 SHEARS_DEFAULT = [[0.02, 0.02], [-0.02, -0.02], [0.02, -0.02], [-0.02, 0.02]]
 
@@ -477,3 +477,46 @@ class ShearGate(GateStage):
                    "n": int(len(y))} | {k: v for k, v in bias.items() if k.startswith("calibrated_")}
         self.conclude(f"Shear gate: {os.path.basename(path)}", summary, checks,
                       {"mahalanobis": plots.mahalanobis_histogram(d2)})
+
+
+class ShearReport(CalipersStage):
+    """One HTML page for the shear pipeline: m and c per S/N and size bin (raw and calibrated) against
+    the requirement bands, the gate's coverage of the ellipses and its checks, and the estimator's
+    equivariance errors and training history from the model card."""
+
+    name = "ShearReport"
+    parallel = False
+    inputs = [("model", ModelDir), ("calibrated", ArraySetFile), ("bias", ReportDir), ("gate", ReportDir)]
+    outputs = [("shear_report", ReportDir)]
+    config_options = CalipersStage.config_options
+
+    def process(self):
+        import json
+
+        from calipers.core.report import html_table, write_report
+        from calipers.shear import plots
+        from calipers.validate.gaussian import mahalanobis2
+
+        meta_path = os.path.join(self.input_path("model"), "metadata.json")
+        with open(meta_path) as fh:
+            card = json.load(fh).get("model_card", {})
+        with open(os.path.join(self.input_path("bias"), "report.json")) as fh:
+            bias = json.load(fh)
+        gate_dir = self.input_path("gate")
+        with open(os.path.join(gate_dir, "report.json")) as fh:
+            gate = json.load(fh)
+        arrays, meta, _ = _read_estimates(self.input_path("calibrated"))
+        y = np.stack([meta["eps1"], meta["eps2"]], 1)
+        figures = {"m_vs_snr": plots.bias_vs_bin(bias["bias"], "snr"),
+                   "m_vs_size": plots.bias_vs_bin(bias["bias"], "hlr"),
+                   "mahalanobis": plots.mahalanobis_histogram(mahalanobis2(y, arrays["mu"], arrays["covariance"]))}
+        equi = card.get("equivariance") or {}
+        summary = {"gate_passed": gate.get("passed"), **{k: v for k, v in bias["metrics"].items()},
+                   "coverage_68": gate["metrics"].get("coverage_68"), "coverage_95": gate["metrics"].get("coverage_95"),
+                   **{f"equivariance_{k}": v for k, v in equi.items()}}
+        cols = ["split", "low", "high", "n_units", "m1", "m1_err", "m2", "m2_err", "c1", "c1_err", "c2", "c2_err"]
+        html = "".join(html_table(t, cols, f"Bias, {name} estimate") for name, t in bias["bias"].items())
+        html += html_table(gate["checks"], ["name", "value", "op", "threshold", "target", "passed", "why"], "Gate checks")
+        write_report(self.output_path("shear_report"), "Weak-lensing shear: bias, calibration and equivariance",
+                     summary, [], figures, provenance=self.provenance(), extra_html=html,
+                     extra={"bias": bias["bias"], "equivariance": equi, "gate_checks": gate["checks"]})
