@@ -26,9 +26,10 @@ def fixnoise_fields(noise_sigma, noise_keys, shape, seed: int) -> np.ndarray:
 
 
 def metacal_inputs(images, noise_sigma, noise_keys, operators: dict, psf_index, kind: str, seed: int,
-                   fixnoise: bool = True) -> np.ndarray:
+                   fixnoise: bool = True, noise: np.ndarray | None = None) -> np.ndarray:
     """Network inputs ``[n, 2, N, N]`` of the metacal ``kind`` of each stamp, with the operators of
-    its PSF (``operators[psf_index]``) and that PSF's reconvolution image as the PSF channel."""
+    its PSF (``operators[psf_index]``) and that PSF's reconvolution image as the PSF channel. The
+    fixnoise fields are drawn here unless given (``noise``, as :func:`fixnoise_fields` draws them)."""
     images = np.asarray(images, dtype=np.float32)
     noise_sigma = np.asarray(noise_sigma, dtype=np.float64)
     psf_index = np.asarray(psf_index)
@@ -38,8 +39,13 @@ def metacal_inputs(images, noise_sigma, noise_keys, operators: dict, psf_index, 
             raise ValueError(f"metacal: no operators for PSF index {int(p)} (have {sorted(operators)})")
         sel = np.flatnonzero(psf_index == p)
         ops: MetacalOperators = operators[int(p)]
-        noise = fixnoise_fields(noise_sigma[sel], np.asarray(noise_keys)[sel], images.shape[1:], seed) if fixnoise else None
-        mc = ops.apply(images[sel], kind, noise=noise)
+        if not fixnoise:
+            fields = None
+        elif noise is not None:
+            fields = noise[sel]
+        else:
+            fields = fixnoise_fields(noise_sigma[sel], np.asarray(noise_keys)[sel], images.shape[1:], seed)
+        mc = ops.apply(images[sel], kind, noise=fields)
         out[sel] = network_inputs(mc, noise_sigma[sel], ops.reconv_psf_image)
     return out
 
@@ -48,8 +54,9 @@ def estimate_with_response(model, images, noise_sigma, noise_keys, operators: di
                            device: str = "cpu", batch_size: int = 1024) -> dict:
     """``eps[n, 2]`` and ``cov[n, 2, 2]`` on the ``noshear`` images and ``response[n, 2, 2]``."""
     res = {}
+    noise = fixnoise_fields(noise_sigma, noise_keys, np.shape(images)[1:], seed)  # one draw for all five kinds
     for kind in TYPES:
-        x = metacal_inputs(images, noise_sigma, noise_keys, operators, psf_index, kind, seed)
+        x = metacal_inputs(images, noise_sigma, noise_keys, operators, psf_index, kind, seed, noise=noise)
         res[kind] = predict(model, x, device=device, batch_size=batch_size)
     step = next(iter(operators.values())).step
     response = response_matrix({k: res[k][0] for k in ("1p", "1m", "2p", "2m")} | {"step": step})

@@ -142,8 +142,8 @@ class MetacalOperators:
 
 def response_matrix(estimates: dict) -> np.ndarray:
     """Per object the 2x2 response ``R[n, i, j] = (g_i(+j) - g_i(-j)) / (2 step)`` from the
-    estimator's outputs on the four sheared images: ``estimates[kind] = (g[n, 2], step)``-free
-    arrays keyed ``1p, 1m, 2p, 2m`` plus ``step``."""
+    estimator's outputs ``g[n, 2]`` on the four sheared images, keyed ``1p, 1m, 2p, 2m``, and the
+    metacal ``step`` under the key ``step``."""
     step = float(estimates["step"])
     r = np.empty((len(estimates["1p"]), 2, 2))
     r[:, :, 0] = (np.asarray(estimates["1p"]) - np.asarray(estimates["1m"])) / (2 * step)

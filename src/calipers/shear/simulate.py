@@ -188,7 +188,8 @@ def _blocks(start: int, n: int, block_size: int):
             for b in range(first, last + 1)]
 
 
-def _psf_stack(config: ShearSimConfig) -> np.ndarray:
+def psf_stack(config: ShearSimConfig) -> np.ndarray:
+    """The PSF image of each of ``config.psf_fwhm`` ``[n_psf, N, N]`` (float32, unit sums)."""
     return np.stack([psf_image(config, f) for f in config.psf_fwhm]).astype(np.float32)
 
 
@@ -271,4 +272,4 @@ def _assemble(config: ShearSimConfig, parts: list, params: list) -> ShearSet:
     else:
         p = {k: np.zeros(0) for k in PARAM_COLUMNS} | {"psf_index": np.zeros(0, int), "galaxy_id": np.zeros(0, int)}
     psf_index = np.asarray(p.pop("psf_index"), dtype=np.int64)
-    return ShearSet(images, _psf_stack(config), psf_index, p, config.to_dict())
+    return ShearSet(images, psf_stack(config), psf_index, p, config.to_dict())

@@ -63,7 +63,7 @@ class ShearSimulate(CalipersStage):
 
         from calipers.core.array_sets import ArraySetWriter
         from calipers.core.shear_files import STAMPS
-        from calipers.shear.simulate import _psf_stack, simulate_ring, simulate_shear
+        from calipers.shear.simulate import psf_stack, simulate_ring, simulate_shear
 
         c = self.config
         cfg = _sim_config(c["simulator"], f"stage {self.instance_name}")
@@ -73,7 +73,7 @@ class ShearSimulate(CalipersStage):
                  "simulation": {"seed": c["seed"], "start": c["start"], "n": c["n_galaxies"],
                                 "ring_shears": c["ring_shears"], "noise_pairs": c["noise_pairs"] if ring else None}}
         with ArraySetWriter(self.output_path("stamps"), STAMPS, {"image": ((n, n), np.float32)},
-                            fixed={"psf_images": _psf_stack(cfg)}, attrs=attrs, provenance=self.provenance()) as out:
+                            fixed={"psf_images": psf_stack(cfg)}, attrs=attrs, provenance=self.provenance()) as out:
             for s in tqdm(range(0, c["n_galaxies"], c["chunk_size"]), desc=f"{self.instance_name} chunks"):
                 m = min(c["chunk_size"], c["n_galaxies"] - s)
                 if ring:
@@ -168,7 +168,7 @@ class ShearTrain(CalipersStage):
 
         from calipers.core.models import write_model_dir
         from calipers.core.shear_files import stamps_info
-        from calipers.shear.model import load_network, train_shear_model
+        from calipers.shear.model import equivariance_check, load_network, train_shear_model
 
         c = self.config
         info = stamps_info(self.input_path("stamps"))
@@ -189,7 +189,7 @@ class ShearTrain(CalipersStage):
             from calipers.shear.simulate import ShearSimConfig
 
             equivariance = equivariance_check(load_network(state, net), ShearSimConfig.from_dict(
-                info["attrs"]["simulator"]), c["n_rotation_check"], seed=c["seed"])
+                info["attrs"]["simulator"]), c["n_rotation_check"], np.random.default_rng([int(c["seed"]), 77]))
         card = {"kind": f"shear_{c['kind']}", "training_set": self.input_path("stamps"),
                 "held_out_set": self.input_path("held_out_stamps"), "n_training_stamps": int(len(x)),
                 "n_held_out_stamps": int(len(xv)), "training_seconds": time.perf_counter() - t0, "history": hist,
@@ -199,33 +199,6 @@ class ShearTrain(CalipersStage):
                                                     "psf_images": psf.tolist(), "pixel_scale": scale,
                                                     "metacal_step": c["metacal_step"], "model_card": card},
                         {"members": [state]})
-
-
-def equivariance_check(model, cfg, n: int, seed: int, snr: float = 50.0) -> dict:
-    """Errors of the estimator's mean under rotations of noise-free GalSim renders: exact
-    90-degree pixel rotations, and arbitrary angles ``|eps(theta) - R(2 theta) eps(0)|`` (mean, max)."""
-    from calipers.shear.model import network_inputs, predict
-    from calipers.shear.simulate import draw_galaxies, psf_image, render
-
-    rng = np.random.default_rng([int(seed), 77])
-    gal = draw_galaxies(cfg, n, rng)
-    angles = rng.uniform(0.0, 360.0, n)
-    args = [(gal["sersic_n"][i], gal["hlr"][i], gal["e1"][i], gal["e2"][i], 0.0, 0.0, gal["psf_fwhm"][i])
-            for i in range(n)]
-    base = np.stack([render(cfg, *a) for a in args])
-    turned = np.stack([render(cfg, *a, rotate_deg=t) for a, t in zip(args, angles)])
-    sig = np.sqrt((base ** 2).sum((1, 2))) / snr
-    psf = np.stack([psf_image(cfg, f) for f in gal["psf_fwhm"]])
-    x0 = network_inputs(base, sig, psf)
-    e0, _ = predict(model, x0)
-    et, _ = predict(model, network_inputs(turned, sig, psf))
-    e90, _ = predict(model, np.ascontiguousarray(np.rot90(x0, 1, axes=(2, 3))))
-    a = np.deg2rad(2 * angles)
-    expect = np.stack([np.cos(a) * e0[:, 0] - np.sin(a) * e0[:, 1], np.sin(a) * e0[:, 0] + np.cos(a) * e0[:, 1]], 1)
-    err = np.hypot(*(et - expect).T)
-    return {"n": int(n), "snr_scale": snr, "exact_90_max_error": float(np.abs(e90 + e0).max()),
-            "arbitrary_mean_error": float(err.mean()), "arbitrary_max_error": float(err.max()),
-            "mean_abs_eps": float(np.hypot(*e0.T).mean())}
 
 
 def read_shear_model(directory: str):
@@ -299,12 +272,6 @@ def _read_estimates(path: str):
     return arrays, meta, info
 
 
-def _bins(values, edges) -> np.ndarray:
-    from calipers.shear.bias import bin_index
-
-    return bin_index(values, edges)
-
-
 class ShearCalibrate(CalipersStage):
     """Metacal response calibration: the mean 2x2 response of each (S/N, size) bin of the estimates,
     and each galaxy's calibrated ``shear = <R>_bin^-1 eps``. Writes the calibrated estimates and the
@@ -327,7 +294,7 @@ class ShearCalibrate(CalipersStage):
         from calipers.core.array_sets import ArraySetWriter
         from calipers.core.atomic import remove_path
         from calipers.core.shear_files import ESTIMATES
-        from calipers.shear.bias import mean_response, response_calibrate
+        from calipers.shear.bias import bin_index, mean_response, response_calibrate
 
         c = self.config
         path = self.input_path("estimates")
@@ -335,7 +302,7 @@ class ShearCalibrate(CalipersStage):
         for col in (c["snr_column"], c["size_column"]):
             if col not in meta:
                 raise FileFormatError(f"{path}: meta column '{col}' is missing (have {sorted(meta)})")
-        sb, zb = _bins(meta[c["snr_column"]], c["snr_edges"]), _bins(meta[c["size_column"]], c["size_edges"])
+        sb, zb = bin_index(meta[c["snr_column"]], c["snr_edges"]), bin_index(meta[c["size_column"]], c["size_edges"])
         n_size = len(c["size_edges"]) - 1
         bins = sb * n_size + zb
         mean_r = mean_response(arrays["response"], bins)
@@ -367,7 +334,7 @@ def bias_table(arrays: dict, g: np.ndarray, meta: dict, snr_edges, size_edges, n
     (:func:`calipers.shear.bias.fit_bias`) or of the response-calibrated ones with the mean
     responses re-estimated in every bootstrap resample
     (:func:`calipers.shear.bias.fit_bias_calibrated`, bins of ``meta['calibration_bin']``)."""
-    from calipers.shear.bias import fit_bias, fit_bias_calibrated
+    from calipers.shear.bias import bin_index, fit_bias, fit_bias_calibrated
 
     units = meta["pair_id"]
 
@@ -379,7 +346,7 @@ def bias_table(arrays: dict, g: np.ndarray, meta: dict, snr_edges, size_edges, n
 
     rows = [{"split": "all"} | fit(np.ones(len(g), bool))]
     for col, edges in (("snr", snr_edges), ("hlr", size_edges)):
-        b = _bins(meta[col], edges)
+        b = bin_index(meta[col], edges)
         for i in range(len(edges) - 1):
             sel = b == i
             if sel.sum() > 2 and all(np.ptp(g[sel, k]) > 0 for k in (0, 1)):
