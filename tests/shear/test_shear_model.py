@@ -105,3 +105,17 @@ def test_bad_network_configurations_are_refused():
         ShearNetConfig(rotation_order=6)
     with pytest.raises(ValueError, match="kind"):
         ShearNetConfig(kind="steerable")
+    with pytest.raises(ValueError, match="plain_channels"):
+        ShearNetConfig(kind="plain", channels=(4, 8, 8), plain_channels=(6, 12))
+
+
+def test_plain_channels_set_the_baseline_widths_and_round_trip():
+    # the default equivariant network and the matched plain CNN: within 3% in parameters
+    equi = sum(p.numel() for p in build_network(ShearNetConfig()).parameters())
+    small = ShearNetConfig(kind="plain", plain_channels=(6, 12, 12))
+    plain = sum(p.numel() for p in build_network(small).parameters())
+    wide = sum(p.numel() for p in build_network(ShearNetConfig(kind="plain")).parameters())
+    assert abs(plain / equi - 1) < 0.03 and wide > 10 * equi
+    # conv weights 2x6x25, 6x12x25, 12x12x25 and the 9x9 head 12x5x81 (+ biases and batch norms)
+    assert plain == 2 * 6 * 25 + 6 * 12 * 25 + 12 * 12 * 25 + 12 * 5 * 81 + (6 + 12 + 12) * 3 + 5
+    assert ShearNetConfig.from_dict(small.to_dict()) == small

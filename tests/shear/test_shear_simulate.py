@@ -58,11 +58,13 @@ def test_training_stream_is_seeded_in_blocks_and_has_the_drawn_snr():
     p = full.params
     assert np.all(np.abs(p["g1"]) <= SMALL.g_max) and np.all(np.hypot(p["e1"], p["e2"]) < SMALL.e_max)
     assert np.all((p["snr"] >= 10) & (p["snr"] <= 100))
-    # S/N = sqrt(sum I^2) / sigma of the noise-free stamp
+    # S/N = sqrt(sum I^2) / sigma of the noise-free stamp before lensing: sigma does not know the shear
     i = 5
     clean = render(SMALL, p["sersic_n"][i], p["hlr"][i], p["e1"][i], p["e2"][i], p["g1"][i], p["g2"][i],
                    p["psf_fwhm"][i])
-    assert np.sqrt(np.sum(clean ** 2)) / p["noise_sigma"][i] == pytest.approx(p["snr"][i], rel=1e-9)
+    unlensed = render(SMALL, p["sersic_n"][i], p["hlr"][i], p["e1"][i], p["e2"][i], 0.0, 0.0, p["psf_fwhm"][i])
+    assert np.sqrt(np.sum(unlensed ** 2)) / p["noise_sigma"][i] == pytest.approx(p["snr"][i], rel=1e-9)
+    assert np.sqrt(np.sum(clean ** 2)) / p["noise_sigma"][i] != pytest.approx(p["snr"][i], rel=1e-6)
     resid = full.images[i] - clean
     assert np.std(resid) == pytest.approx(p["noise_sigma"][i], rel=0.15)
     assert full.psf_images.shape == (1, 21, 21) and np.sum(full.psf_images[0]) == pytest.approx(1.0, rel=1e-5)
@@ -81,7 +83,11 @@ def test_ring_units_rotate_the_shape_and_share_noise_between_plus_and_minus_shea
     clean = [render(SMALL, p["sersic_n"][j], p["hlr"][j], p["e1"][j], p["e2"][j], p["g1"][j], p["g2"][j],
                     p["psf_fwhm"][j]) for j in (i, i + 1)]
     noise = [ring.images[j] - clean[k] for k, j in enumerate((i, i + 1))]
-    assert np.allclose(noise[0] / p["noise_sigma"][i], noise[1] / p["noise_sigma"][i + 1], atol=1e-4)
+    assert np.allclose(noise[0], noise[1], atol=1e-6)
+    # one sigma per unit, that of its galaxy before lensing at the drawn S/N
+    assert np.all(p["noise_sigma"].reshape(-1, 4) == p["noise_sigma"][0::4, None])
+    unlensed = render(SMALL, p["sersic_n"][i], p["hlr"][i], p["e1"][i], p["e2"][i], 0.0, 0.0, p["psf_fwhm"][i])
+    assert np.sqrt(np.sum(unlensed ** 2)) / p["noise_sigma"][i] == pytest.approx(p["snr"][i], rel=1e-9)
     other = ring.images[i + 2] - render(SMALL, p["sersic_n"][i + 2], p["hlr"][i + 2], p["e1"][i + 2],
                                         p["e2"][i + 2], p["g1"][i + 2], p["g2"][i + 2], p["psf_fwhm"][i + 2])
     assert abs(np.corrcoef(other.ravel(), noise[0].ravel())[0, 1]) < 0.2

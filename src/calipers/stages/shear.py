@@ -111,8 +111,8 @@ def _check_psfs(path: str, info: dict, model_meta: dict, model_dir: str) -> None
 class ShearTrain(CalipersStage):
     """Train the shear estimator (:mod:`calipers.shear.model`) on the metacal ``noshear`` images of a
     training stamp set (the estimator is defined on them), stopping early on a held-out set. After
-    training, the equivariance error is measured on noise-free GalSim renders rotated by random
-    angles (the training set's simulator). Writes a model directory (JSON + state dict, checksummed,
+    training, the equivariance error is measured on the metacal ``noshear`` images of noise-free
+    GalSim renders rotated by random angles (the training set's simulator). Writes a model directory (JSON + state dict, checksummed,
     ``weights_only`` loading) with the PSF images and the model card."""
 
     name = "ShearTrain"
@@ -124,6 +124,8 @@ class ShearTrain(CalipersStage):
         "rotation_order": Param(int, 8, msg="N of the rotation group C_N (a multiple of 4)"),
         "channels": Param(list, [4, 8, 8], msg="Fields (x N channels) per stage"),
         "kernel_size": Param(int, 5, msg="Convolution kernel (odd)"),
+        "plain_channels": Param(list, [], msg="The plain CNN's widths per stage (empty: channels x N; "
+                                "[6, 12, 12] matches the equivariant network's parameter count)"),
         "max_epochs": Param(int, 8, msg="Epochs (one-cycle schedule)"),
         "patience": Param(int, 3, msg="Epochs without a better held-out NLL before stopping"),
         "batch_size": Param(int, 128, msg="Stamps per step"),
@@ -140,7 +142,8 @@ class ShearTrain(CalipersStage):
         c = self.config
         try:
             net = ShearNetConfig(kind=c["kind"], stamp_size=stamp_size, rotation_order=c["rotation_order"],
-                                 channels=tuple(c["channels"]), kernel_size=c["kernel_size"])
+                                 channels=tuple(c["channels"]), kernel_size=c["kernel_size"],
+                                 plain_channels=tuple(c["plain_channels"]))
             train = ShearTrainConfig(max_epochs=c["max_epochs"], patience=c["patience"], batch_size=c["batch_size"],
                                      learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
                                      norm_penalty=c["norm_penalty"])
@@ -189,7 +192,8 @@ class ShearTrain(CalipersStage):
             from calipers.shear.simulate import ShearSimConfig
 
             equivariance = equivariance_check(load_network(state, net), ShearSimConfig.from_dict(
-                info["attrs"]["simulator"]), c["n_rotation_check"], np.random.default_rng([int(c["seed"]), 77]))
+                info["attrs"]["simulator"]), c["n_rotation_check"], np.random.default_rng([int(c["seed"]), 77]),
+                operators=ops)
         card = {"kind": f"shear_{c['kind']}", "training_set": self.input_path("stamps"),
                 "held_out_set": self.input_path("held_out_stamps"), "n_training_stamps": int(len(x)),
                 "n_held_out_stamps": int(len(xv)), "training_seconds": time.perf_counter() - t0, "history": hist,
