@@ -2,10 +2,13 @@
 equivariant estimator, estimate a 2,000-unit ring test (4,000 ring pairs under +g and 4,000 under -g)
 with metacal responses, calibrate, measure m and c and judge.
 
-At this size the calibrated m has a bootstrap error of about 0.01 (the galaxies' metacal responses
-scatter; the errors re-estimate the mean responses in every resample), so the test asserts what the
-run can show: a clearly negative raw m, a calibrated m within 3 errors of zero and that error below
-0.015; the gate's |m| and |c| thresholds are set to about 3 errors of this size."""
+The issue asks |m| < 0.01 after calibration at this size (the gate's threshold here), and the test
+asserts it; the bootstrap error of the calibrated m is itself about 0.01 at this size (the galaxies'
+metacal responses scatter; the errors re-estimate the mean responses in every resample), so it also
+asserts what the run can show statistically: a clearly negative raw m and a calibrated m within 3
+errors of zero, with that error below 0.015. (Measured when written: raw m -0.349 / -0.358,
+calibrated -0.0045 +- 0.009 / +0.0048 +- 0.010.) The 0.003 requirement needs the benchmark's
+100,000 pairs."""
 from __future__ import annotations
 
 import json
@@ -33,7 +36,7 @@ def tiny_pipeline(tmp: Path) -> Path:
     stages["ShearEstimate"].update(device="cpu")
     stages["ShearCalibrate"].update(size_edges=[0.35, 0.45, 0.6])
     stages["ShearBias"].update(size_edges=[0.35, 0.45, 0.6], n_boot=100)
-    stages["ShearGate"].update(max_abs_m=0.03, max_abs_c=0.01)
+    stages["ShearGate"].update(max_abs_m=0.01, max_abs_c=0.01)
     return write_pipeline(tmp, pipe, stages)
 
 
@@ -55,6 +58,7 @@ def test_pipeline_runs_calibrates_and_passes_its_gate(shear_run):
         assert bias[f"raw_{k}"] < -0.2  # noise bias: the raw estimator under-estimates shear
         assert bias[f"calibrated_{k}_err"] < 0.015
         assert abs(bias[f"calibrated_{k}"]) < 3 * bias[f"calibrated_{k}_err"]
+        assert abs(bias[f"calibrated_{k}"]) < 0.01
     gate = json.loads((out / "shear_gate" / "report.json").read_text())
     assert gate["passed"] and gate["metrics"]["fraction_abs_eps_ge_1"] == 0.0
     assert abs(gate["metrics"]["coverage_68"] - 0.68) <= 0.05 and abs(gate["metrics"]["coverage_95"] - 0.95) <= 0.05

@@ -58,3 +58,36 @@ def test_bad_inputs():
     bad[4, 2] = np.nan
     with pytest.raises(ValueError, match="row 4"):
         mmd_test(sample(10, 0, 1), bad)
+
+
+def test_gaussian_kernel_median_heuristic_and_mmd_of_point_masses():
+    from calipers.validate.shift import gaussian_kernel, mmd2_unbiased_permutations
+
+    # three points on a line at 0, 1, 3: squared distances 1, 9, 4 -> median 4, sigma^2 = 2
+    k, bw = gaussian_kernel(np.array([[0.0], [1.0], [3.0]]))
+    assert bw == pytest.approx(np.sqrt(2.0)) and k[0, 2] == pytest.approx(np.exp(-9 / 4))
+    # two point masses (3 copies of a, 4 of b): unbiased MMD^2 = 1 + 1 - 2 exp(-|a-b|^2 / (2 sigma^2))
+    z = np.array([[0.0, 0.0]] * 3 + [[1.0, 2.0]] * 4)
+    k, _ = gaussian_kernel(z, bandwidth=1.5)
+    lab = np.zeros((7, 1), bool)
+    lab[:3] = True
+    assert mmd2_unbiased_permutations(k, lab)[0] == pytest.approx(2 - 2 * np.exp(-5 / (2 * 1.5 ** 2)), rel=1e-12)
+
+
+def test_unbiased_mmd_matches_the_gaussian_closed_form():
+    """1-D N(0, s^2) vs N(d, s^2) with a kernel of width w: MMD^2 = 2 w / sqrt(w^2 + 2 s^2)
+    (1 - exp(-d^2 / (2 (w^2 + 2 s^2)))); the unbiased estimate averages to it."""
+    from calipers.validate.shift import gaussian_kernel, mmd2_unbiased_permutations
+
+    s, d, w, n = 1.0, 0.7, 0.8, 400
+    est = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        z = np.concatenate([rng.normal(0, s, n), rng.normal(d, s, n)])[:, None]
+        k, _ = gaussian_kernel(z, bandwidth=w)
+        lab = np.zeros((2 * n, 1), bool)
+        lab[:n] = True
+        est.append(mmd2_unbiased_permutations(k, lab)[0])
+    exact = 2 * w / np.sqrt(w ** 2 + 2 * s ** 2) * (1 - np.exp(-d ** 2 / (2 * (w ** 2 + 2 * s ** 2))))
+    assert np.mean(est) == pytest.approx(exact, abs=3 * np.std(est) / np.sqrt(20))
+    assert np.std(est) < 0.3 * exact
