@@ -39,3 +39,15 @@ class GateFailed(CalipersError):
         lines = "\n".join(f"  - {f}" for f in self.failures)
         where = f"\nReport: {report}" if report else ""
         super().__init__(f"Validation gate failed {len(self.failures)} check(s):\n{lines}{where}")
+
+
+class DriftAlert(CalipersError):
+    """A drift monitor with ``on_alert: error`` raised alerts; its outputs (the new state among
+    them) are written before this is raised, so the stream can go on from them."""
+
+    def __init__(self, alerts: list[dict], alert_file: str | None = None):
+        self.alerts = list(alerts)
+        lines = "\n".join(f"  - batch {a['batch']}: {a['statistic']} = {a['value']:.5g} ({a['rule']}, threshold "
+                          f"{a['threshold']:.5g})" for a in self.alerts)
+        where = f"\nAlert record: {alert_file}" if alert_file else ""
+        super().__init__(f"Drift monitor raised {len(self.alerts)} alert(s):\n{lines}{where}")

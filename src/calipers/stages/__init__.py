@@ -20,8 +20,9 @@ from calipers.stages.shear import (ShearBias, ShearCalibrate, ShearEstimate, She
                                    ShearTrain)
 from calipers.stages.transit import (DepthExtract, TransitAudit, TransitPredict, TransitReport, TransitSimulate,
                                      TransitTrain)
+from calipers.stages.monitor import CalibrationDriftMonitor, CovariateDriftMonitor
 
-__all__ = ["ShearSimulate", "ShearTrain", "ShearEstimate", "ShearCalibrate", "ShearBias", "ShearGate", "ShearReport",
+__all__ = ["CovariateDriftMonitor", "CalibrationDriftMonitor", "ShearSimulate", "ShearTrain", "ShearEstimate", "ShearCalibrate", "ShearBias", "ShearGate", "ShearReport",
            "TransitSimulate", "DepthExtract", "TransitTrain", "TransitPredict", "TransitAudit", "TransitReport",
            "GaussianCalibrate", "GaussianApplyCalibration", "GaussianGate", "SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "BoundComparison", "SpectraReport",
            "DistributionGate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",

@@ -1,0 +1,315 @@
+"""Drift-monitoring stages (issue 22): one batch in, the previous state in, the new state out.
+
+Each run of a monitor reads one batch and the state its previous run wrote (a fresh state starts a
+stream: :func:`calipers.core.monitor_files.write_fresh_state`), and writes the new state, the
+monitoring table (one row per batch so far, HDF5), the alert record of this batch (JSON: each alert
+names the statistic, its value, the rule, the threshold and the batch) and a report with one figure
+per statistic against the batch number. With ``on_alert: error`` a batch that raises an alert stops
+the pipeline (:class:`~calipers.core.errors.DriftAlert`) after every output is written, so the next
+night can resume from the state. The science lives in :mod:`calipers.monitor`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from calipers.core.errors import CatalogError, ConfigError, DriftAlert
+from calipers.core.file_types import HDF5Catalog, JSONFile, QPEnsembleFile, ReportDir
+from calipers.core.stage import CalipersStage, Param
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CalibrationDriftMonitor", "CovariateDriftMonitor"]
+
+OUTPUTS = [("state", JSONFile), ("monitor_table", HDF5Catalog), ("alert", JSONFile), ("report", ReportDir)]
+
+
+class _DriftMonitor(CalipersStage):
+    """Common end of the monitors (not itself runnable)."""
+
+    monitor = ""
+    detectors: tuple = ()
+    outputs = OUTPUTS
+    config_options = CalipersStage.config_options | {
+        "alpha": Param(float, 0.05, msg="False-alarm rate of each per-batch test"),
+        "on_alert": Param(str, "warn", msg="error (stop the pipeline once the outputs are written) or warn (log)"),
+        "alert_on": Param(list, [], msg="Detectors whose alarms are alerts (empty: the monitor's default)"),
+    }
+    default_alert_on: tuple = ()
+
+    def validate(self):
+        c = self.config
+        if c["on_alert"] not in ("error", "warn"):
+            raise ConfigError(f"stage {self.instance_name}: on_alert must be 'error' or 'warn', got {c['on_alert']!r}")
+        if not 0 < c["alpha"] < 1:
+            raise ConfigError(f"stage {self.instance_name}: alpha must be in (0, 1), got {c['alpha']}")
+        unknown = sorted(set(c["alert_on"]) - set(self.detectors))
+        if unknown:
+            raise ConfigError(f"stage {self.instance_name}: alert_on {unknown} unknown; known: {list(self.detectors)}")
+
+    def alert_on(self) -> list:
+        return list(self.config["alert_on"]) or list(self.default_alert_on)
+
+    def _load_state(self, settings: dict) -> tuple[dict, bool]:
+        from calipers.core.monitor_files import read_state
+
+        state = read_state(self.input_path("previous_state"), self.monitor, settings)
+        if state is None:
+            return {"format": "calipers-monitor-state", "version": 1, "monitor": self.monitor, "settings": settings,
+                    "detectors": {}, "history": [], "alerts": []}, True
+        return state, False
+
+    def _finish(self, state: dict, row: dict, candidates: list[dict], panels: list[dict], title: str) -> None:
+        """Record the row and the alerts of the detectors in ``alert_on``, write every output, then
+        raise when ``on_alert`` is error and there are alerts."""
+        from calipers.core.monitor_files import write_alert, write_monitor_table, write_state
+        from calipers.core.report import write_report
+        from calipers.validate.gate import Check
+        from calipers.validate.monitor_plots import statistic_vs_batch
+
+        chosen = set(self.alert_on())
+        alerts = [a for a in candidates if a["detector"] in chosen]
+        fired = [a for a in alerts if a["alarm"]]
+        for a in fired:
+            log.warning("drift monitor %s: batch %d: %s = %.5g (%s, threshold %.5g)", self.instance_name, a["batch"],
+                        a["statistic"], a["value"], a["rule"], a["threshold"])
+        state["history"].append(row)
+        state["alerts"].extend(fired)
+        prov = self.provenance()
+        write_state(self.output_path("state"), state)
+        write_monitor_table(self.output_path("monitor_table"), state["history"], prov)
+        alert_path = self.output_path("alert")
+        write_alert(alert_path, {"monitor": self.monitor, "stage": self.instance_name, "batch": row["batch"],
+                                 "alerts": fired, "checked": alerts, "provenance": prov})
+        checks = [Check(a["statistic"], float(a["value"]), ">=" if a["rule"].startswith("p") else "<=",
+                        float(a["threshold"]), why=f"{a['detector']}: alarm when {a['rule']}") for a in alerts]
+        summary = {k: v for k, v in row.items() if isinstance(v, (int, float, bool, str))}
+        write_report(self.output_path("report"), title, summary, checks,
+                     {"statistics_vs_batch": statistic_vs_batch(panels, title)}, provenance=prov,
+                     extra={"alerts": fired, "all_alerts": state["alerts"]})
+        if fired and self.config["on_alert"] == "error":
+            # the outputs are this batch's result: put them in place (and on the resume record) first
+            self.finalize()
+            raise DriftAlert(fired, os.path.abspath(self.get_output("alert", final_name=True)))
+
+
+def _column(history: list[dict], key: str) -> np.ndarray:
+    return np.array([float(r.get(key, np.nan)) for r in history])
+
+
+def _flags(history: list[dict], key: str) -> np.ndarray:
+    return np.array([bool(r.get(key, False)) for r in history])
+
+
+class CovariateDriftMonitor(_DriftMonitor):
+    """Compare a batch's input features with a reference sample: kernel MMD with a permutation
+    p-value and per-feature KS with a Bonferroni correction (:mod:`calipers.monitor.covariate`),
+    each an alarm at ``p < alpha``. Rows with a non-finite feature or one above
+    ``max_feature_value`` (non-detections written as 99) are left out of both samples and counted."""
+
+    name = "CovariateDriftMonitor"
+    monitor = "covariate"
+    detectors = ("mmd", "ks")
+    default_alert_on = ("mmd", "ks")
+    inputs = [("reference", HDF5Catalog), ("batch", HDF5Catalog), ("previous_state", JSONFile)]
+    config_options = _DriftMonitor.config_options | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group of the catalogs' columns"),
+        "features": Param(list, [f"mag_{b}_lsst" for b in "ugrizy"], msg="Feature columns compared"),
+        "max_feature_value": Param(float, 40.0, msg="Rows with a feature above this are left out (non-detections)"),
+        "n_permutations": Param(int, 200, msg="Permutations of the MMD test"),
+        "max_rows": Param(int, 1000, msg="Rows of each sample the MMD uses (seeded subsample)"),
+    }
+
+    def _features(self, tag: str) -> tuple[np.ndarray, int]:
+        from calipers.core import catalog
+
+        path, c = self.input_path(tag), self.config
+        catalog.require_columns(path, c["hdf5_groupname"], c["features"])
+        cols = catalog.read_columns(path, c["hdf5_groupname"], c["features"])
+        x = np.column_stack([np.asarray(cols[f], dtype=float) for f in c["features"]])
+        keep = np.all(np.isfinite(x) & (x <= c["max_feature_value"]), axis=1)
+        if keep.sum() < 2:
+            raise CatalogError(f"{path}: fewer than 2 rows with all of {c['features']} finite and <= "
+                               f"{c['max_feature_value']} ({len(x)} rows)")
+        return x[keep], int((~keep).sum())
+
+    def process(self):
+        from calipers.monitor.covariate import ks_bonferroni, mmd_drift
+
+        c = self.config
+        settings = {k: c[k] for k in ("features", "alpha", "n_permutations", "max_rows", "max_feature_value")}
+        state, _ = self._load_state(settings)
+        b = len(state["history"])
+        ref, ref_dropped = self._features("reference")
+        x, dropped = self._features("batch")
+        mmd = mmd_drift(ref, x, alpha=c["alpha"], n_permutations=c["n_permutations"], max_n=c["max_rows"],
+                        seed=[int(c["seed"]), b])
+        ks = ks_bonferroni(ref, x, alpha=c["alpha"], names=c["features"])
+        row = {"batch": b, "n": len(x), "n_left_out": dropped, "n_reference": len(ref), "mmd2": mmd["mmd2"],
+               "mmd_p": mmd["mmd_p"], "mmd_alarm": mmd["alarm"], "ks_p_bonferroni": ks["p_bonferroni"],
+               "ks_alarm": ks["alarm"], "ks_worst_feature": ks["ks_worst_feature"],
+               **{f"ks_{f}": v for f, v in ks["ks_statistic"].items()}}
+        alpha = c["alpha"]
+        candidates = [
+            {"detector": "mmd", "statistic": "mmd_p", "value": mmd["mmd_p"], "rule": "p < alpha", "threshold": alpha,
+             "batch": b, "alarm": mmd["alarm"]},
+            {"detector": "ks", "statistic": f"ks_p_bonferroni ({ks['ks_worst_feature']})", "value": ks["p_bonferroni"],
+             "rule": "p < alpha", "threshold": alpha, "batch": b, "alarm": ks["alarm"]}]
+        h = state["history"] + [row]
+        panels = [{"label": "MMD p-value", "values": _column(h, "mmd_p"), "threshold": alpha,
+                   "alarms": _flags(h, "mmd_alarm"), "log": True},
+                  {"label": "KS p (Bonferroni)", "values": _column(h, "ks_p_bonferroni"), "threshold": alpha,
+                   "alarms": _flags(h, "ks_alarm"), "log": True}]
+        self._finish(state, row, candidates, panels,
+                     f"Covariate drift: batch {b} ({os.path.basename(self.input_path('batch'))})")
+
+
+class CalibrationDriftMonitor(_DriftMonitor):
+    """Follow the calibration of p(z) (a qp ensemble) batch by batch against the truth of labelled
+    batches: the PIT mean and dispersion as z-scores with their exact moments, a per-batch test of
+    both (Bonferroni), CUSUM and Page-Hinkley detectors on each (thresholds from the in-control
+    average run length ``arl``, in batches, per detector) and a conformal test martingale over the
+    objects of the whole stream on ``|PIT - 1/2|``, whose reference is the reference sample's PITs
+    (a false alarm over the whole stream with probability at most ``1 / martingale_threshold``).
+    Without labels (``labelled: false``) only the label-free drift of the point estimates (medians)
+    and widths (16-84% intervals) is followed (KS against the reference's, Bonferroni)."""
+
+    name = "CalibrationDriftMonitor"
+    monitor = "calibration"
+    detectors = ("batch_test", "cusum", "page_hinkley", "martingale", "prediction")
+    default_alert_on = ("cusum", "page_hinkley", "martingale")
+    inputs = [("reference_pz", QPEnsembleFile), ("reference_truth", HDF5Catalog), ("pz", QPEnsembleFile),
+              ("truth", HDF5Catalog), ("previous_state", JSONFile)]
+    config_options = _DriftMonitor.config_options | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalogs"),
+        "redshift_column": Param(str, "redshift", msg="True redshift column"),
+        "labelled": Param(bool, True, msg="The batches carry the truth (false: prediction drift only)"),
+        "zmax": Param(float, 3.0, msg="Upper end of the redshift grid the p(z) are evaluated on"),
+        "nzbins": Param(int, 301, msg="Points of that grid"),
+        "arl": Param(float, 100.0, msg="In-control average run length of each CUSUM / Page-Hinkley, in batches"),
+        "cusum_k": Param(float, 0.5, msg="CUSUM reference value (half the shift in sigma it is tuned to)"),
+        "ph_delta": Param(float, 0.5, msg="Page-Hinkley tolerance"),
+        "martingale_threshold": Param(float, 100.0, msg="Alarm when the martingale reaches this (false alarm <= 1/it)"),
+        "martingale_levels": Param(int, 4096, msg="Quantisation levels of the martingale's scores"),
+        "max_reference_rows": Param(int, 20000, msg="Reference rows used (seeded subsample)"),
+    }
+
+    def _grid(self):
+        return np.linspace(0.0, self.config["zmax"], self.config["nzbins"])
+
+    def _pdfs(self, tag: str, rows=None):
+        from calipers.core.qpio import qp_size, read_qp_rows
+        from calipers.validate.metrics import grid_pdfs
+
+        path = self.input_path(tag)
+        n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no p(z)")
+        pdfs, valid = grid_pdfs(read_qp_rows(path, 0, n), self._grid())
+        if not valid.all():
+            raise CatalogError(f"{path}: {int((~valid).sum())} p(z) are not finite or do not normalise on the grid "
+                               f"0..{self.config['zmax']}, first at row {int(np.flatnonzero(~valid)[0])}")
+        return pdfs if rows is None else pdfs[rows]
+
+    def _pit(self, pdfs, truth_tag: str, pz_tag: str) -> np.ndarray:
+        from calipers.core import catalog
+        from calipers.validate.metrics import pit_values
+
+        c = self.config
+        z = catalog.read_truth(self.input_path(truth_tag), c["hdf5_groupname"], c["redshift_column"], len(pdfs),
+                               self.input_path(pz_tag))
+        bad = np.flatnonzero(~np.isfinite(z))
+        if bad.size:
+            raise CatalogError(f"{self.input_path(truth_tag)}: column '{c['redshift_column']}' is not finite in "
+                               f"{bad.size} row(s), first at row {bad[0]}")
+        return pit_values(pdfs, self._grid(), z)
+
+    def _points_widths(self, pdfs) -> tuple[np.ndarray, np.ndarray]:
+        from calipers.gridpdf import grid_quantiles
+
+        q = grid_quantiles(pdfs, self._grid(), [0.16, 0.5, 0.84])
+        return q[:, 1], q[:, 2] - q[:, 0]
+
+    def process(self):
+        from calipers.core.qpio import qp_size
+        from calipers.monitor.calibration import pit_batch_alarm, pit_batch_statistics
+        from calipers.monitor.covariate import prediction_drift
+        from calipers.monitor.martingale import ConformalTestMartingale
+        from calipers.monitor.sequential import Cusum, PageHinkley
+
+        c = self.config
+        settings = {k: c[k] for k in ("alpha", "arl", "cusum_k", "ph_delta", "martingale_threshold",
+                                      "martingale_levels", "zmax", "nzbins", "max_reference_rows")}
+        state, fresh = self._load_state(settings)
+        b = len(state["history"])
+        n_ref = qp_size(self.input_path("reference_pz"))
+        rows = np.sort(np.random.default_rng([int(c["seed"]), 0]).permutation(n_ref)[:c["max_reference_rows"]])
+        ref_pdfs = self._pdfs("reference_pz")
+        det = state["detectors"]
+        if fresh:
+            ref_pit = self._pit(ref_pdfs, "reference_truth", "reference_pz")[rows]
+            ctm = ConformalTestMartingale(threshold=c["martingale_threshold"], n_levels=c["martingale_levels"],
+                                          seed=int(c["seed"]))
+            ctm.add_reference(np.abs(ref_pit - 0.5))
+            det.update({"martingale": ctm.to_dict(),
+                        **{f"cusum_{s}": Cusum(k=c["cusum_k"], arl=c["arl"]).to_dict() for s in ("mean", "dispersion")},
+                        **{f"ph_{s}": PageHinkley(delta=c["ph_delta"], arl=c["arl"]).to_dict()
+                           for s in ("mean", "dispersion")}})
+        pdfs = self._pdfs("pz")
+        ref_point, ref_width = self._points_widths(ref_pdfs[rows])
+        point, width = self._points_widths(pdfs)
+        pred = prediction_drift(ref_point, ref_width, point, width, alpha=c["alpha"])
+        row = {"batch": b, "n": len(pdfs), "median_width": float(np.median(width)),
+               "prediction_p_bonferroni": pred["p_bonferroni"], "prediction_alarm": pred["alarm"],
+               "ks_point": pred["ks_statistic"]["point"], "ks_width": pred["ks_statistic"]["width"]}
+        alpha = c["alpha"]
+        candidates = [{"detector": "prediction", "statistic": f"prediction_p_bonferroni ({pred['ks_worst_feature']})",
+                       "value": pred["p_bonferroni"], "rule": "p < alpha", "threshold": alpha, "batch": b,
+                       "alarm": pred["alarm"]}]
+        if c["labelled"]:
+            pit = self._pit(pdfs, "truth", "pz")
+            s = pit_batch_statistics(pit)
+            row |= {k: s[k] for k in ("pit_mean", "pit_var", "z_mean", "z_dispersion", "p_mean", "p_dispersion", "ks",
+                                      "p_ks")}
+            row["batch_test_alarm"] = pit_batch_alarm(s, alpha)
+            candidates.append({"detector": "batch_test", "statistic": "min(p_mean, p_dispersion)",
+                               "value": min(s["p_mean"], s["p_dispersion"]), "rule": "p < alpha / 2",
+                               "threshold": alpha / 2, "batch": b, "alarm": row["batch_test_alarm"]})
+            for stat, key in (("mean", "z_mean"), ("dispersion", "z_dispersion")):
+                for name, cls, label in (("cusum", Cusum, "cusum"), ("ph", PageHinkley, "page_hinkley")):
+                    d = cls.from_dict(det[f"{name}_{stat}"])
+                    out = d.update([s[key]])[0]
+                    det[f"{name}_{stat}"] = d.to_dict()
+                    row |= {f"{name}_{stat}": out["statistic"], f"{name}_{stat}_threshold": out["threshold"],
+                            f"{name}_{stat}_alarm": out["alarm"]}
+                    candidates.append({"detector": label, "statistic": f"{name}_{stat}", "value": out["statistic"],
+                                       "rule": "statistic > threshold", "threshold": out["threshold"], "batch": b,
+                                       "alarm": out["alarm"], "direction": out["direction"]})
+            ctm = ConformalTestMartingale.from_dict(det["martingale"])
+            first_alarm = ctm.alarm_at is None
+            m = ctm.update(np.abs(pit - 0.5), b)
+            det["martingale"] = ctm.to_dict()
+            crossed = m["alarm"] and first_alarm
+            row |= {"log10_martingale": m["log10_martingale"], "max_log10_martingale": m["max_log10_in_batch"],
+                    "martingale_alarm": bool(m["alarm"])}
+            candidates.append({"detector": "martingale", "statistic": "log10_martingale (max in batch)",
+                               "value": m["max_log10_in_batch"], "rule": "statistic >= log10 threshold",
+                               "threshold": float(np.log10(c["martingale_threshold"])), "batch": b,
+                               "alarm": bool(m["alarm"]), "first_crossing": crossed})
+        h = state["history"] + [row]
+        panels = []
+        if c["labelled"]:
+            panels += [{"label": f"CUSUM {s}", "values": _column(h, f"cusum_{s}"),
+                        "threshold": _column(h, f"cusum_{s}_threshold"), "alarms": _flags(h, f"cusum_{s}_alarm")}
+                       for s in ("mean", "dispersion")]
+            panels += [{"label": f"Page-Hinkley {s}", "values": _column(h, f"ph_{s}"),
+                        "threshold": _column(h, f"ph_{s}_threshold"), "alarms": _flags(h, f"ph_{s}_alarm")}
+                       for s in ("mean", "dispersion")]
+            panels.append({"label": "log10 martingale", "values": _column(h, "max_log10_martingale"),
+                           "threshold": np.log10(c["martingale_threshold"]), "alarms": _flags(h, "martingale_alarm")})
+        panels.append({"label": "prediction KS p (Bonf.)", "values": _column(h, "prediction_p_bonferroni"),
+                       "threshold": alpha, "alarms": _flags(h, "prediction_alarm"), "log": True})
+        self._finish(state, row, candidates, panels,
+                     f"Calibration drift: batch {b} ({os.path.basename(self.input_path('pz'))})")

@@ -1,0 +1,136 @@
+"""Drift-monitor stages run batch after batch from their own state files: alerts, outputs, restarts."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import qp
+import yaml
+
+from calipers.core.errors import DriftAlert, FileFormatError
+from calipers.core.monitor_files import write_fresh_state
+from calipers.monitor.calibration import pit_batch_statistics
+from calipers.monitor.martingale import ConformalTestMartingale
+from calipers.monitor.sequential import Cusum
+from conftest import run_stage, write_catalog
+
+GROUP = "photometry"
+
+
+def write_pz_batch(d, name, n, seed, shrink=1.0):
+    """Gaussian p(z) and truths drawn from them; ``shrink`` < 1 makes the p(z) too narrow."""
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(0.4, 2.0, n)
+    sigma = 0.05 * (1 + mu)
+    z = mu + sigma * rng.normal(size=n)
+    pz = str(d / f"{name}_pz.hdf5")
+    qp.Ensemble(qp.stats.norm, data={"loc": mu[:, None], "scale": shrink * sigma[:, None]}).write_to(pz)
+    truth = write_catalog(d / f"{name}_truth.hdf5", {"redshift": z})
+    return pz, truth
+
+
+def write_config(d, **opts):
+    path = d / "config.yml"
+    path.write_text(yaml.safe_dump({"CalibrationDriftMonitor": {"arl": 50.0, "nzbins": 601, **opts},
+                                    "CovariateDriftMonitor": {"features": ["a", "b", "c"], "n_permutations": 100}}))
+    return str(path)
+
+
+def run_calibration_stream(d, shrinks, on_alert="warn"):
+    d.mkdir(exist_ok=True)
+    ref_pz, ref_truth = write_pz_batch(d, "reference", 3000, seed=1)
+    config = write_config(d, on_alert=on_alert)
+    state = write_fresh_state(str(d / "state_start.json"))
+    raised = []
+    for b, shrink in enumerate(shrinks):
+        pz, truth = write_pz_batch(d, f"batch{b}", 1000, seed=100 + b, shrink=shrink)
+        io = dict(reference_pz=ref_pz, reference_truth=ref_truth, pz=pz, truth=truth, previous_state=state,
+                  state=str(d / f"state{b}.json"), monitor_table=str(d / f"table{b}.hdf5"),
+                  alert=str(d / f"alert{b}.json"), report=str(d / f"report{b}"))
+        try:
+            run_stage("CalibrationDriftMonitor", config, **io)
+        except DriftAlert as err:
+            raised.append((b, err))
+        state = io["state"]
+    return raised
+
+
+def test_calibration_monitor_alerts_on_a_width_shrink_and_resumes_like_one_run(tmp_path):
+    shrinks = [1.0, 1.0, 1.0, 0.75, 0.75]
+    raised = run_calibration_stream(tmp_path / "a", shrinks, on_alert="error")
+    # the first too-narrow batch stops the pipeline; its outputs are written all the same
+    assert [b for b, _ in raised] == [3, 4] and "cusum_dispersion" in str(raised[0][1])
+    d = tmp_path / "a"
+    alert = json.loads((d / "alert3.json").read_text())
+    fired = {a["statistic"] for a in alert["alerts"]}
+    assert {"cusum_dispersion", "ph_dispersion"} <= fired and all(a["batch"] == 3 for a in alert["alerts"])
+    assert not json.loads((d / "alert2.json").read_text())["alerts"]
+    with h5py.File(d / "table4.hdf5") as f:
+        t = {k: v[:] for k, v in f["monitor"].items()}
+    assert np.array_equal(t["batch"], np.arange(5)) and t["cusum_dispersion_alarm"].tolist() == [0, 0, 0, 1, 1]
+    assert np.all(t["z_dispersion"][3:] > 5) and np.all(np.abs(t["z_dispersion"][:3]) < 3)
+    assert (d / "report4" / "statistics_vs_batch.png").exists()
+    # the same stream computed in one process, without state files: the same statistics
+    cus = Cusum(k=0.5, arl=50.0)
+    ctm = ConformalTestMartingale(threshold=100.0, seed=0)
+    from calipers.gridpdf import cdf_at
+
+    def pit(name):
+        ens = qp.read(str(d / f"{name}_pz.hdf5"))
+        zg = np.linspace(0, 3, 601)
+        pdfs = ens.pdf(zg)
+        pdfs = pdfs / np.trapezoid(pdfs, zg, axis=1)[:, None]
+        with h5py.File(d / f"{name}_truth.hdf5") as f:
+            return cdf_at(pdfs, zg, f[GROUP]["redshift"][:])
+
+    ctm.add_reference(np.abs(pit("reference") - 0.5))
+    for b in range(5):
+        u = pit(f"batch{b}")
+        out = cus.update([pit_batch_statistics(u)["z_dispersion"]])[0]
+        m = ctm.update(np.abs(u - 0.5), b)
+        assert out["statistic"] == pytest.approx(t["cusum_dispersion"][b], rel=1e-9)
+        assert m["log10_martingale"] == pytest.approx(t["log10_martingale"][b], rel=1e-9, abs=1e-12)
+    # a second run gives the same table: deterministic
+    run_calibration_stream(tmp_path / "b", shrinks)
+    with h5py.File(tmp_path / "b" / "table4.hdf5") as f:
+        assert all(np.array_equal(f["monitor"][k][:], t[k], equal_nan=True) for k in t)
+
+
+def test_a_state_of_other_settings_or_another_monitor_is_refused(tmp_path):
+    run_calibration_stream(tmp_path, [1.0])
+    ref_pz, ref_truth = tmp_path / "reference_pz.hdf5", tmp_path / "reference_truth.hdf5"
+    io = dict(reference_pz=str(ref_pz), reference_truth=str(ref_truth), pz=str(tmp_path / "batch0_pz.hdf5"),
+              truth=str(tmp_path / "batch0_truth.hdf5"), previous_state=str(tmp_path / "state0.json"),
+              state=str(tmp_path / "s.json"), monitor_table=str(tmp_path / "t.hdf5"), alert=str(tmp_path / "a.json"),
+              report=str(tmp_path / "r"))
+    other = str(tmp_path / "other.yml")
+    with open(other, "w") as fh:
+        yaml.safe_dump({"CalibrationDriftMonitor": {"arl": 20.0, "nzbins": 601}}, fh)
+    with pytest.raises(FileFormatError, match=r"state0.json.*arl: 50.0 in the state, 20.0 now"):
+        run_stage("CalibrationDriftMonitor", other, **io)
+    (tmp_path / "junk.json").write_text("{\"format\": \"something else\"}")
+    with pytest.raises(FileFormatError, match="junk.json: not a calipers monitor state"):
+        run_stage("CalibrationDriftMonitor", other, **(io | {"previous_state": str(tmp_path / "junk.json")}))
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_covariate_monitor_flags_a_shifted_feature(tmp_path):
+    rng = np.random.default_rng(3)
+    ref = write_catalog(tmp_path / "ref.hdf5", {k: rng.normal(size=3000) for k in "abc"})
+    null = write_catalog(tmp_path / "b0.hdf5", {k: rng.normal(size=800) for k in "abc"})
+    cols = {k: rng.normal(size=800) for k in "abc"}
+    cols["b"] = cols["b"] + 0.4
+    cols["c"][5] = 99.0  # a non-detection: left out
+    shifted = write_catalog(tmp_path / "b1.hdf5", cols)
+    config = write_config(tmp_path)
+    state = write_fresh_state(str(tmp_path / "s.json"))
+    for b, batch in enumerate((null, shifted)):
+        run_stage("CovariateDriftMonitor", config, reference=ref, batch=batch, previous_state=state,
+                  state=str(tmp_path / f"s{b}.json"), monitor_table=str(tmp_path / f"t{b}.hdf5"),
+                  alert=str(tmp_path / f"a{b}.json"), report=str(tmp_path / f"r{b}"))
+        state = str(tmp_path / f"s{b}.json")
+    assert not json.loads((tmp_path / "a0.json").read_text())["alerts"]
+    fired = json.loads((tmp_path / "a1.json").read_text())["alerts"]
+    assert {a["detector"] for a in fired} == {"mmd", "ks"} and "(b)" in fired[1]["statistic"]
+    with h5py.File(tmp_path / "t1.hdf5") as f:
+        assert f["monitor"]["n_left_out"][:].tolist() == [0, 1] and f["monitor"]["ks_b"][1] > 0.1
