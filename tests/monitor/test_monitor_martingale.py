@@ -69,3 +69,22 @@ def test_bad_settings_and_scores_are_refused():
         ConformalTestMartingale(epsilons=[0.5, 1.5])
     with pytest.raises(ValueError, match="row 1"):
         ConformalTestMartingale().update([0.1, np.nan], 0)
+
+
+def test_jumper_recursion_by_hand():
+    """Two objects: C1 = f(p1) / K; C2 = ((1 - J) C1 + J sum(C1) / K) f(p2); M2 = sum C2."""
+    eps, jump = np.array([0.3, 0.7]), 0.2
+    ctm = ConformalTestMartingale(epsilons=eps, jump=jump, n_levels=1000, high=1.0, seed=3)
+    p = ctm.p_values([0.9, 0.2], batch_index=0)  # the p-values the update below will see
+    ctm = ConformalTestMartingale(epsilons=eps, jump=jump, n_levels=1000, high=1.0, seed=3)
+    out = ctm.update([0.9, 0.2], batch_index=0)
+
+    def f(q):
+        return np.concatenate([eps * q ** (eps - 1), eps * (1 - q) ** (eps - 1), [1.0]])
+
+    k = 5
+    c1 = f(p[0]) / k
+    c2 = ((1 - jump) * c1 + jump * c1.sum() / k) * f(p[1])
+    assert out["max_log10_in_batch"] == pytest.approx(max(np.log10(c1.sum()), np.log10(c2.sum())), rel=1e-12)
+    assert out["log10_martingale"] == pytest.approx(np.log10(c2.sum()), rel=1e-12)
+    assert ctm.log10() == pytest.approx(np.log10(c2.sum()), rel=1e-12)

@@ -193,6 +193,7 @@ class CalibrationDriftMonitor(_DriftMonitor):
         "ph_delta": Param(float, 0.5, msg="Page-Hinkley tolerance"),
         "martingale_threshold": Param(float, 100.0, msg="Alarm when the martingale reaches this (false alarm <= 1/it)"),
         "martingale_levels": Param(int, 4096, msg="Quantisation levels of the martingale's scores"),
+        "martingale_jump": Param(float, 1e-4, msg="Share of the martingale's capital spread over its bets per object"),
         "max_reference_rows": Param(int, 20000, msg="Reference rows used (seeded subsample)"),
     }
 
@@ -241,7 +242,7 @@ class CalibrationDriftMonitor(_DriftMonitor):
 
         c = self.config
         settings = {k: c[k] for k in ("alpha", "arl", "cusum_k", "ph_delta", "martingale_threshold",
-                                      "martingale_levels", "zmax", "nzbins", "max_reference_rows")}
+                                      "martingale_levels", "martingale_jump", "zmax", "nzbins", "max_reference_rows")}
         state, fresh = self._load_state(settings)
         b = len(state["history"])
         n_ref = qp_size(self.input_path("reference_pz"))
@@ -251,7 +252,7 @@ class CalibrationDriftMonitor(_DriftMonitor):
         if fresh:
             ref_pit = self._pit(ref_pdfs, "reference_truth", "reference_pz")[rows]
             ctm = ConformalTestMartingale(threshold=c["martingale_threshold"], n_levels=c["martingale_levels"],
-                                          seed=int(c["seed"]))
+                                          jump=c["martingale_jump"], seed=int(c["seed"]))
             ctm.add_reference(np.abs(ref_pit - 0.5))
             det.update({"martingale": ctm.to_dict(),
                         **{f"cusum_{s}": Cusum(k=c["cusum_k"], arl=c["arl"]).to_dict() for s in ("mean", "dispersion")},
