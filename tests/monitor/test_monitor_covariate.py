@@ -53,3 +53,17 @@ def test_bad_batches_are_named():
         ks_bonferroni(x, y)
     with pytest.raises(ValueError, match="features"):
         ks_bonferroni(x, np.ones((10, 3)))
+
+
+def test_mean_shift_z_and_colours_exact():
+    from calipers.monitor.covariate import colour_features, mean_shift_z
+
+    ref = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])       # means 2, 3; variances 4, 4
+    batch = np.array([[1.0, 3.0], [3.0, 3.0]])                  # means 2, 3; variances 2, 0
+    assert np.allclose(mean_shift_z(ref, batch), [0.0, 0.0])
+    z = mean_shift_z(ref, batch + np.array([1.0, 0.0]))
+    assert z[0] == pytest.approx(1.0 / np.sqrt(4 / 3 + 2 / 2))
+    x, names = colour_features(np.array([[20.0, 19.5, 19.0], [21.0, 21.0, 20.0]]), ["g", "r", "i"], anchor="r")
+    assert names == ["g-r", "r-i", "r"] and np.allclose(x, [[0.5, 0.5, 19.5], [0.0, 1.0, 21.0]])
+    with pytest.raises(ValueError, match="anchor"):
+        colour_features(np.zeros((2, 3)), ["g", "r", "i"], anchor="z")

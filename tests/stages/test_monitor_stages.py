@@ -131,6 +131,7 @@ def test_covariate_monitor_flags_a_shifted_feature(tmp_path):
         state = str(tmp_path / f"s{b}.json")
     assert not json.loads((tmp_path / "a0.json").read_text())["alerts"]
     fired = json.loads((tmp_path / "a1.json").read_text())["alerts"]
-    assert {a["detector"] for a in fired} == {"mmd", "ks"} and "(b)" in fired[1]["statistic"]
+    assert {a["detector"] for a in fired} == {"mmd", "ks", "cusum"} and "(b)" in fired[1]["statistic"]
+    assert [a["statistic"] for a in fired if a["detector"] == "cusum"] == ["cusum_b"]
     with h5py.File(tmp_path / "t1.hdf5") as f:
         assert f["monitor"]["n_left_out"][:].tolist() == [0, 1] and f["monitor"]["ks_b"][1] > 0.1

@@ -6,6 +6,12 @@
 - :func:`ks_bonferroni` - a two-sample Kolmogorov-Smirnov test per feature; the batch is flagged
   when the smallest p-value is below ``alpha / n_features`` (Bonferroni), so the family-wise
   false-alarm rate per batch is at most ``alpha``;
+- :func:`mean_shift_z` - the Welch z-score of each feature's mean against the reference's, N(0, 1)
+  before a drift (central limit theorem): the input of a CUSUM per feature
+  (:mod:`~calipers.monitor.sequential`), which accumulates a small, lasting offset (a photometric
+  zero point) over batches where a per-batch test sees nothing;
+- :func:`colour_features` - adjacent differences of magnitudes (colours), where a zero-point error
+  of one band stands out against a scatter much smaller than that of the magnitudes;
 - :func:`prediction_drift` - the same KS tests on what a model predicts (point estimates and
   predictive widths), which needs no labels.
 """
@@ -45,6 +51,33 @@ def ks_bonferroni(reference, batch, alpha: float = 0.05, names=None) -> dict:
             "ks_p": {n: float(v) for n, v in zip(names, p)},
             "ks_worst_feature": names[worst], "p_bonferroni": float(min(1.0, len(p) * p[worst])),
             "alarm": bool(p[worst] < alpha / len(p))}
+
+
+def mean_shift_z(reference, batch) -> np.ndarray:
+    """Per feature ``(mean_batch - mean_ref) / sqrt(var_batch / n_batch + var_ref / n_ref)``."""
+    x, y = _as_2d(reference, "reference"), _as_2d(batch, "batch")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"reference and batch have {x.shape[1]} and {y.shape[1]} features")
+    se = np.sqrt(x.var(0, ddof=1) / len(x) + y.var(0, ddof=1) / len(y))
+    se[se == 0] = np.inf
+    return (y.mean(0) - x.mean(0)) / se
+
+
+def colour_features(mags, names, anchor: str = "") -> tuple[np.ndarray, list[str]]:
+    """Adjacent differences ``m_j - m_(j+1)`` of the columns of ``mags`` (in the order of ``names``),
+    and the column ``anchor`` itself when given (a magnitude that sets the brightness)."""
+    m = _as_2d(mags, "magnitudes")
+    names = list(names)
+    if m.shape[1] != len(names) or len(names) < 2:
+        raise ValueError(f"colour_features: need >= 2 named columns, got {m.shape[1]} columns and names {names}")
+    cols = [m[:, j] - m[:, j + 1] for j in range(len(names) - 1)]
+    out = [f"{names[j]}-{names[j + 1]}" for j in range(len(names) - 1)]
+    if anchor:
+        if anchor not in names:
+            raise ValueError(f"colour_features: anchor {anchor!r} is not one of {names}")
+        cols.append(m[:, names.index(anchor)])
+        out.append(anchor)
+    return np.column_stack(cols), out
 
 
 def mmd_drift(reference, batch, alpha: float = 0.05, n_permutations: int = 200, max_n: int = 1000,

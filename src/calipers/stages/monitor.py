@@ -104,26 +104,35 @@ def _flags(history: list[dict], key: str) -> np.ndarray:
 
 
 class CovariateDriftMonitor(_DriftMonitor):
-    """Compare a batch's input features with a reference sample: kernel MMD with a permutation
-    p-value and per-feature KS with a Bonferroni correction (:mod:`calipers.monitor.covariate`),
-    each an alarm at ``p < alpha``. Rows with a non-finite feature or one above
-    ``max_feature_value`` (non-detections written as 99) are left out of both samples and counted."""
+    """Compare a batch's input features with a reference sample (:mod:`calipers.monitor.covariate`):
+    per batch, kernel MMD with a permutation p-value and KS per feature with a Bonferroni
+    correction, each an alarm at ``p < alpha``; across batches, a CUSUM per feature on the Welch
+    z-score of its mean, each with the in-control run length ``arl x n_features`` so that together
+    they raise a false alarm about once in ``arl`` batches. With ``colours`` the features are the
+    adjacent differences of ``features`` (and ``anchor_feature`` itself), where a zero-point error
+    of one band stands out. Rows with a non-finite feature or one above ``max_feature_value``
+    (non-detections written as 99) are left out of both samples and counted."""
 
     name = "CovariateDriftMonitor"
     monitor = "covariate"
-    detectors = ("mmd", "ks")
-    default_alert_on = ("mmd", "ks")
+    detectors = ("mmd", "ks", "cusum")
+    default_alert_on = ("mmd", "ks", "cusum")
     inputs = [("reference", HDF5Catalog), ("batch", HDF5Catalog), ("previous_state", JSONFile)]
     config_options = _DriftMonitor.config_options | {
         "hdf5_groupname": Param(str, "photometry", msg="Group of the catalogs' columns"),
         "features": Param(list, [f"mag_{b}_lsst" for b in "ugrizy"], msg="Feature columns compared"),
+        "colours": Param(bool, False, msg="Compare adjacent differences of the features (colours) instead"),
+        "anchor_feature": Param(str, "", msg="With colours: also this feature itself (e.g. mag_i_lsst)"),
         "max_feature_value": Param(float, 40.0, msg="Rows with a feature above this are left out (non-detections)"),
         "n_permutations": Param(int, 200, msg="Permutations of the MMD test"),
         "max_rows": Param(int, 1000, msg="Rows of each sample the MMD uses (seeded subsample)"),
+        "arl": Param(float, 100.0, msg="In-control average run length of the CUSUMs together, in batches"),
+        "cusum_k": Param(float, 0.5, msg="CUSUM reference value (half the shift of the z-score it is tuned to)"),
     }
 
-    def _features(self, tag: str) -> tuple[np.ndarray, int]:
+    def _features(self, tag: str) -> tuple[np.ndarray, list[str], int]:
         from calipers.core import catalog
+        from calipers.monitor.covariate import colour_features
 
         path, c = self.input_path(tag), self.config
         catalog.require_columns(path, c["hdf5_groupname"], c["features"])
@@ -133,20 +142,32 @@ class CovariateDriftMonitor(_DriftMonitor):
         if keep.sum() < 2:
             raise CatalogError(f"{path}: fewer than 2 rows with all of {c['features']} finite and <= "
                                f"{c['max_feature_value']} ({len(x)} rows)")
-        return x[keep], int((~keep).sum())
+        x, names = x[keep], list(c["features"])
+        if c["colours"]:
+            try:
+                x, names = colour_features(x, names, c["anchor_feature"])
+            except ValueError as err:
+                raise ConfigError(f"stage {self.instance_name}: {err}") from err
+        return x, names, int((~keep).sum())
 
     def process(self):
-        from calipers.monitor.covariate import ks_bonferroni, mmd_drift
+        from calipers.monitor.covariate import ks_bonferroni, mean_shift_z, mmd_drift
+        from calipers.monitor.sequential import Cusum
 
         c = self.config
-        settings = {k: c[k] for k in ("features", "alpha", "n_permutations", "max_rows", "max_feature_value")}
-        state, _ = self._load_state(settings)
+        settings = {k: c[k] for k in ("features", "colours", "anchor_feature", "alpha", "n_permutations", "max_rows",
+                                      "max_feature_value", "arl", "cusum_k")}
+        state, fresh = self._load_state(settings)
         b = len(state["history"])
-        ref, ref_dropped = self._features("reference")
-        x, dropped = self._features("batch")
+        ref, names, _ = self._features("reference")
+        x, _, dropped = self._features("batch")
+        if fresh:
+            state["detectors"] = {f"cusum_{n}": Cusum(k=c["cusum_k"], arl=c["arl"] * len(names)).to_dict()
+                                  for n in names}
         mmd = mmd_drift(ref, x, alpha=c["alpha"], n_permutations=c["n_permutations"], max_n=c["max_rows"],
                         seed=[int(c["seed"]), b])
-        ks = ks_bonferroni(ref, x, alpha=c["alpha"], names=c["features"])
+        ks = ks_bonferroni(ref, x, alpha=c["alpha"], names=names)
+        z = mean_shift_z(ref, x)
         row = {"batch": b, "n": len(x), "n_left_out": dropped, "n_reference": len(ref), "mmd2": mmd["mmd2"],
                "mmd_p": mmd["mmd_p"], "mmd_alarm": mmd["alarm"], "ks_p_bonferroni": ks["p_bonferroni"],
                "ks_alarm": ks["alarm"], "ks_worst_feature": ks["ks_worst_feature"],
@@ -157,11 +178,24 @@ class CovariateDriftMonitor(_DriftMonitor):
              "batch": b, "alarm": mmd["alarm"]},
             {"detector": "ks", "statistic": f"ks_p_bonferroni ({ks['ks_worst_feature']})", "value": ks["p_bonferroni"],
              "rule": "p < alpha", "threshold": alpha, "batch": b, "alarm": ks["alarm"]}]
+        worst, any_alarm = 0.0, False
+        for n, zn in zip(names, z):
+            det = Cusum.from_dict(state["detectors"][f"cusum_{n}"])
+            out = det.update([zn])[0]
+            state["detectors"][f"cusum_{n}"] = det.to_dict()
+            row |= {f"mean_z_{n}": float(zn), f"cusum_{n}": out["statistic"]}
+            worst, any_alarm, threshold = max(worst, out["statistic"]), any_alarm or out["alarm"], out["threshold"]
+            candidates.append({"detector": "cusum", "statistic": f"cusum_{n}", "value": out["statistic"],
+                               "rule": "statistic > threshold", "threshold": out["threshold"], "batch": b,
+                               "alarm": out["alarm"], "direction": out["direction"]})
+        row |= {"cusum_max": worst, "cusum_threshold": threshold, "cusum_alarm": any_alarm}
         h = state["history"] + [row]
         panels = [{"label": "MMD p-value", "values": _column(h, "mmd_p"), "threshold": alpha,
                    "alarms": _flags(h, "mmd_alarm"), "log": True},
                   {"label": "KS p (Bonferroni)", "values": _column(h, "ks_p_bonferroni"), "threshold": alpha,
-                   "alarms": _flags(h, "ks_alarm"), "log": True}]
+                   "alarms": _flags(h, "ks_alarm"), "log": True},
+                  {"label": "CUSUM of mean z (max)", "values": _column(h, "cusum_max"),
+                   "threshold": _column(h, "cusum_threshold"), "alarms": _flags(h, "cusum_alarm")}]
         self._finish(state, row, candidates, panels,
                      f"Covariate drift: batch {b} ({os.path.basename(self.input_path('batch'))})")
 
