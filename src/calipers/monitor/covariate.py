@@ -7,7 +7,7 @@
   when the smallest p-value is below ``alpha / n_features`` (Bonferroni), so the family-wise
   false-alarm rate per batch is at most ``alpha``;
 - :func:`mean_shift_z` - the Welch z-score of each feature's mean against the reference's, N(0, 1)
-  before a drift (central limit theorem): the input of a CUSUM per feature
+  before a drift (central limit theorem): the input of a sequential detector per feature
   (:mod:`~calipers.monitor.sequential`), which accumulates a small, lasting offset (a photometric
   zero point) over batches where a per-batch test sees nothing;
 - :func:`colour_features` - adjacent differences of magnitudes (colours), where a zero-point error

@@ -106,17 +106,22 @@ def _flags(history: list[dict], key: str) -> np.ndarray:
 class CovariateDriftMonitor(_DriftMonitor):
     """Compare a batch's input features with a reference sample (:mod:`calipers.monitor.covariate`):
     per batch, kernel MMD with a permutation p-value and KS per feature with a Bonferroni
-    correction, each an alarm at ``p < alpha``; across batches, a CUSUM per feature on the Welch
-    z-score of its mean, each with the in-control run length ``arl x n_features`` so that together
-    they raise a false alarm about once in ``arl`` batches. With ``colours`` the features are the
+    correction, each an alarm at ``p < alpha``; across batches, a Page-Hinkley detector per feature
+    on the Welch z-score of its mean against the reference, each with the in-control run length
+    ``arl x n_features`` so that together they raise a false alarm about once in ``arl`` batches.
+    Page-Hinkley measures the z-scores against their own running mean, so the reference's own
+    sampling error (a constant offset of every batch's z, of standard deviation
+    ``sqrt(n_batch / (n_batch + n_reference))``: 0.3 for 1,000 against 10,000) does not accumulate
+    into false alarms as it would in a CUSUM; a drift present from the first batch is the per-batch
+    tests' to find. With ``colours`` the features are the
     adjacent differences of ``features`` (and ``anchor_feature`` itself), where a zero-point error
     of one band stands out. Rows with a non-finite feature or one above ``max_feature_value``
     (non-detections written as 99) are left out of both samples and counted."""
 
     name = "CovariateDriftMonitor"
     monitor = "covariate"
-    detectors = ("mmd", "ks", "cusum")
-    default_alert_on = ("mmd", "ks", "cusum")
+    detectors = ("mmd", "ks", "page_hinkley")
+    default_alert_on = ("mmd", "ks", "page_hinkley")
     inputs = [("reference", HDF5Catalog), ("batch", HDF5Catalog), ("previous_state", JSONFile)]
     config_options = _DriftMonitor.config_options | {
         "hdf5_groupname": Param(str, "photometry", msg="Group of the catalogs' columns"),
@@ -126,8 +131,8 @@ class CovariateDriftMonitor(_DriftMonitor):
         "max_feature_value": Param(float, 40.0, msg="Rows with a feature above this are left out (non-detections)"),
         "n_permutations": Param(int, 200, msg="Permutations of the MMD test"),
         "max_rows": Param(int, 1000, msg="Rows of each sample the MMD uses (seeded subsample)"),
-        "arl": Param(float, 100.0, msg="In-control average run length of the CUSUMs together, in batches"),
-        "cusum_k": Param(float, 0.5, msg="CUSUM reference value (half the shift of the z-score it is tuned to)"),
+        "arl": Param(float, 100.0, msg="In-control average run length of the Page-Hinkley detectors together, in batches"),
+        "ph_delta": Param(float, 0.5, msg="Page-Hinkley tolerance (in units of the z-score)"),
     }
 
     def _features(self, tag: str) -> tuple[np.ndarray, list[str], int]:
@@ -152,17 +157,17 @@ class CovariateDriftMonitor(_DriftMonitor):
 
     def process(self):
         from calipers.monitor.covariate import ks_bonferroni, mean_shift_z, mmd_drift
-        from calipers.monitor.sequential import Cusum
+        from calipers.monitor.sequential import PageHinkley
 
         c = self.config
         settings = {k: c[k] for k in ("features", "colours", "anchor_feature", "alpha", "n_permutations", "max_rows",
-                                      "max_feature_value", "arl", "cusum_k")}
+                                      "max_feature_value", "arl", "ph_delta")}
         state, fresh = self._load_state(settings)
         b = len(state["history"])
         ref, names, _ = self._features("reference")
         x, _, dropped = self._features("batch")
         if fresh:
-            state["detectors"] = {f"cusum_{n}": Cusum(k=c["cusum_k"], arl=c["arl"] * len(names)).to_dict()
+            state["detectors"] = {f"ph_{n}": PageHinkley(delta=c["ph_delta"], arl=c["arl"] * len(names)).to_dict()
                                   for n in names}
         mmd = mmd_drift(ref, x, alpha=c["alpha"], n_permutations=c["n_permutations"], max_n=c["max_rows"],
                         seed=[int(c["seed"]), b])
@@ -180,22 +185,22 @@ class CovariateDriftMonitor(_DriftMonitor):
              "rule": "p < alpha", "threshold": alpha, "batch": b, "alarm": ks["alarm"]}]
         worst, any_alarm = 0.0, False
         for n, zn in zip(names, z):
-            det = Cusum.from_dict(state["detectors"][f"cusum_{n}"])
+            det = PageHinkley.from_dict(state["detectors"][f"ph_{n}"])
             out = det.update([zn])[0]
-            state["detectors"][f"cusum_{n}"] = det.to_dict()
-            row |= {f"mean_z_{n}": float(zn), f"cusum_{n}": out["statistic"]}
+            state["detectors"][f"ph_{n}"] = det.to_dict()
+            row |= {f"mean_z_{n}": float(zn), f"ph_{n}": out["statistic"]}
             worst, any_alarm, threshold = max(worst, out["statistic"]), any_alarm or out["alarm"], out["threshold"]
-            candidates.append({"detector": "cusum", "statistic": f"cusum_{n}", "value": out["statistic"],
+            candidates.append({"detector": "page_hinkley", "statistic": f"ph_{n}", "value": out["statistic"],
                                "rule": "statistic > threshold", "threshold": out["threshold"], "batch": b,
                                "alarm": out["alarm"], "direction": out["direction"]})
-        row |= {"cusum_max": worst, "cusum_threshold": threshold, "cusum_alarm": any_alarm}
+        row |= {"ph_max": worst, "ph_threshold": threshold, "ph_alarm": any_alarm}
         h = state["history"] + [row]
         panels = [{"label": "MMD p-value", "values": _column(h, "mmd_p"), "threshold": alpha,
                    "alarms": _flags(h, "mmd_alarm"), "log": True},
                   {"label": "KS p (Bonferroni)", "values": _column(h, "ks_p_bonferroni"), "threshold": alpha,
                    "alarms": _flags(h, "ks_alarm"), "log": True},
-                  {"label": "CUSUM of mean z (max)", "values": _column(h, "cusum_max"),
-                   "threshold": _column(h, "cusum_threshold"), "alarms": _flags(h, "cusum_alarm")}]
+                  {"label": "Page-Hinkley of mean z (max)", "values": _column(h, "ph_max"),
+                   "threshold": _column(h, "ph_threshold"), "alarms": _flags(h, "ph_alarm")}]
         self._finish(state, row, candidates, panels,
                      f"Covariate drift: batch {b} ({os.path.basename(self.input_path('batch'))})")
 
@@ -204,9 +209,11 @@ class CalibrationDriftMonitor(_DriftMonitor):
     """Follow the calibration of p(z) (a qp ensemble) batch by batch against the truth of labelled
     batches: the PIT mean and dispersion as z-scores with their exact moments, a per-batch test of
     both (Bonferroni), CUSUM and Page-Hinkley detectors on each (thresholds from the in-control
-    average run length ``arl``, in batches, per detector) and a conformal test martingale over the
-    objects of the whole stream on ``|PIT - 1/2|``, whose reference is the reference sample's PITs
-    (a false alarm over the whole stream with probability at most ``1 / martingale_threshold``).
+    average run length ``arl``, in batches, per detector) and two conformal test martingales over
+    the objects of the whole stream, whose reference is the reference sample's PITs: one on
+    ``|PIT - 1/2|`` (widths gone wrong), one on the PIT itself (a shift); each alarms at twice
+    ``martingale_threshold``, so that a false alarm of either, over the whole stream, has
+    probability at most ``1 / martingale_threshold``.
     Without labels (``labelled: false``) only the label-free drift of the point estimates (medians)
     and widths (16-84% intervals) is followed (KS against the reference's, Bonferroni)."""
 
@@ -285,10 +292,17 @@ class CalibrationDriftMonitor(_DriftMonitor):
         det = state["detectors"]
         if fresh:
             ref_pit = self._pit(ref_pdfs, "reference_truth", "reference_pz")[rows]
-            ctm = ConformalTestMartingale(threshold=c["martingale_threshold"], n_levels=c["martingale_levels"],
-                                          jump=c["martingale_jump"], seed=int(c["seed"]))
-            ctm.add_reference(np.abs(ref_pit - 0.5))
-            det.update({"martingale": ctm.to_dict(),
+            # two martingales, each at twice the threshold, so that either reaching it has
+            # probability at most 1 / martingale_threshold: one on |PIT - 1/2| (widths), one on the PIT (shifts)
+            ctms = {}
+            for key, low, high, score in (("martingale_width", 0.0, 0.5, np.abs(ref_pit - 0.5)),
+                                          ("martingale_shift", 0.0, 1.0, ref_pit)):
+                ctm = ConformalTestMartingale(threshold=2 * c["martingale_threshold"], low=low, high=high,
+                                              n_levels=c["martingale_levels"], jump=c["martingale_jump"],
+                                              seed=int(c["seed"]) + (key == "martingale_shift"))
+                ctm.add_reference(score)
+                ctms[key] = ctm.to_dict()
+            det.update({**ctms,
                         **{f"cusum_{s}": Cusum(k=c["cusum_k"], arl=c["arl"]).to_dict() for s in ("mean", "dispersion")},
                         **{f"ph_{s}": PageHinkley(delta=c["ph_delta"], arl=c["arl"]).to_dict()
                            for s in ("mean", "dispersion")}})
@@ -322,17 +336,16 @@ class CalibrationDriftMonitor(_DriftMonitor):
                     candidates.append({"detector": label, "statistic": f"{name}_{stat}", "value": out["statistic"],
                                        "rule": "statistic > threshold", "threshold": out["threshold"], "batch": b,
                                        "alarm": out["alarm"], "direction": out["direction"]})
-            ctm = ConformalTestMartingale.from_dict(det["martingale"])
-            first_alarm = ctm.alarm_at is None
-            m = ctm.update(np.abs(pit - 0.5), b)
-            det["martingale"] = ctm.to_dict()
-            crossed = m["alarm"] and first_alarm
-            row |= {"log10_martingale": m["log10_martingale"], "max_log10_martingale": m["max_log10_in_batch"],
-                    "martingale_alarm": bool(m["alarm"])}
-            candidates.append({"detector": "martingale", "statistic": "log10_martingale (max in batch)",
-                               "value": m["max_log10_in_batch"], "rule": "statistic >= log10 threshold",
-                               "threshold": float(np.log10(c["martingale_threshold"])), "batch": b,
-                               "alarm": bool(m["alarm"]), "first_crossing": crossed})
+            for key, score in (("martingale_width", np.abs(pit - 0.5)), ("martingale_shift", pit)):
+                ctm = ConformalTestMartingale.from_dict(det[key])
+                m = ctm.update(score, b)
+                det[key] = ctm.to_dict()
+                row |= {f"log10_{key}": m["log10_martingale"], f"max_log10_{key}": m["max_log10_in_batch"],
+                        f"{key}_alarm": bool(m["alarm"])}
+                candidates.append({"detector": "martingale", "statistic": f"log10_{key} (max in batch)",
+                                   "value": m["max_log10_in_batch"], "rule": "statistic >= log10 threshold",
+                                   "threshold": float(np.log10(ctm.threshold)), "batch": b, "alarm": bool(m["alarm"])})
+            row["martingale_alarm"] = bool(row["martingale_width_alarm"] or row["martingale_shift_alarm"])
         h = state["history"] + [row]
         panels = []
         if c["labelled"]:
@@ -342,8 +355,9 @@ class CalibrationDriftMonitor(_DriftMonitor):
             panels += [{"label": f"Page-Hinkley {s}", "values": _column(h, f"ph_{s}"),
                         "threshold": _column(h, f"ph_{s}_threshold"), "alarms": _flags(h, f"ph_{s}_alarm")}
                        for s in ("mean", "dispersion")]
-            panels.append({"label": "log10 martingale", "values": _column(h, "max_log10_martingale"),
-                           "threshold": np.log10(c["martingale_threshold"]), "alarms": _flags(h, "martingale_alarm")})
+            panels += [{"label": f"log10 {key.replace('_', ' ')}", "values": _column(h, f"max_log10_{key}"),
+                        "threshold": np.log10(2 * c["martingale_threshold"]), "alarms": _flags(h, f"{key}_alarm")}
+                       for key in ("martingale_width", "martingale_shift")]
         panels.append({"label": "prediction KS p (Bonf.)", "values": _column(h, "prediction_p_bonferroni"),
                        "threshold": alpha, "alarms": _flags(h, "prediction_alarm"), "log": True})
         self._finish(state, row, candidates, panels,
