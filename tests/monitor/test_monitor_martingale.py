@@ -77,7 +77,7 @@ def test_jumper_recursion_by_hand():
     ctm = ConformalTestMartingale(epsilons=eps, jump=jump, n_levels=1000, high=1.0, seed=3)
     p = ctm.p_values([0.9, 0.2], batch_index=0)  # the p-values the update below will see
     ctm = ConformalTestMartingale(epsilons=eps, jump=jump, n_levels=1000, high=1.0, seed=3)
-    out = ctm.update([0.9, 0.2], batch_index=0)
+    out = ctm.update([0.9, 0.2], batch_index=0, shuffle=False)
 
     def f(q):
         return np.concatenate([eps * q ** (eps - 1), eps * (1 - q) ** (eps - 1), [1.0]])
@@ -88,3 +88,17 @@ def test_jumper_recursion_by_hand():
     assert out["max_log10_in_batch"] == pytest.approx(max(np.log10(c1.sum()), np.log10(c2.sum())), rel=1e-12)
     assert out["log10_martingale"] == pytest.approx(np.log10(c2.sum()), rel=1e-12)
     assert ctm.log10() == pytest.approx(np.log10(c2.sum()), rel=1e-12)
+
+
+def test_a_sorted_batch_is_bet_on_in_random_order():
+    """Within a batch order means nothing: a calm batch sorted by its scores (as a catalog sorted by
+    redshift sorts its PITs' neighbours) must not look like drift."""
+    rng = np.random.default_rng(11)
+    ref, batch = rng.random(3000) * 0.5, np.sort(rng.random(1000) * 0.5)
+    sorted_bets = ConformalTestMartingale(seed=1)
+    sorted_bets.add_reference(ref)
+    assert sorted_bets.update(batch, 0, shuffle=False)["alarm"]
+    shuffled = ConformalTestMartingale(seed=1)
+    shuffled.add_reference(ref)
+    out = shuffled.update(batch, 0)
+    assert not out["alarm"] and out["max_log10_in_batch"] < 1
