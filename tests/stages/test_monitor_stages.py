@@ -135,3 +135,66 @@ def test_covariate_monitor_flags_a_shifted_feature(tmp_path):
     assert [a["statistic"] for a in fired if a["detector"] == "page_hinkley"] == ["ph_b"]
     with h5py.File(tmp_path / "t1.hdf5") as f:
         assert f["monitor"]["n_left_out"][:].tolist() == [0, 1] and f["monitor"]["ks_b"][1] > 0.1
+
+
+def _stream(tmp_path, stage, files, extra_config=None):
+    """Run ``stage`` over the batches in ``files`` (a list of input dicts) from a fresh state; return
+    the last monitoring table."""
+    config = tmp_path / "mon.yml"
+    config.write_text(yaml.safe_dump({stage: {"arl": 50.0, **(extra_config or {})}}))
+    state = write_fresh_state(str(tmp_path / "fresh.json"))
+    for b, io in enumerate(files):
+        run_stage(stage, str(config), previous_state=state, state=str(tmp_path / f"s{b}.json"),
+                  monitor_table=str(tmp_path / f"t{b}.hdf5"), alert=str(tmp_path / f"a{b}.json"),
+                  report=str(tmp_path / f"r{b}"), **io)
+        state = str(tmp_path / f"s{b}.json")
+    with h5py.File(tmp_path / f"t{len(files) - 1}.hdf5") as f:
+        return {k: v[:] for k, v in f["monitor"].items()}
+
+
+def test_gaussian_vector_monitor_sees_over_confident_sigmas(tmp_path):
+    from calipers.core.array_sets import ArraySetWriter
+    from calipers.core.transit_files import GAUSSIAN_VECTORS
+
+    def write(name, n, seed, shrink=1.0):
+        rng = np.random.default_rng(seed)
+        mu = rng.normal(size=(n, 2))
+        sigma = rng.uniform(0.05, 0.2, (n, 2))
+        y = mu + sigma * rng.normal(size=(n, 2))
+        pred, truth = str(tmp_path / f"{name}_pred.hdf5"), str(tmp_path / f"{name}_truth.hdf5")
+        with ArraySetWriter(pred, GAUSSIAN_VECTORS, {"mu": ((2,), np.float64), "sigma": ((2,), np.float64)}) as out:
+            out.append({"mu": mu, "sigma": shrink * sigma}, {"id": np.arange(n)})
+        with ArraySetWriter(truth, "test.truth", {"g": ((2,), np.float64)}) as out:
+            out.append({"g": y}, {"id": np.arange(n)})
+        return pred, truth
+
+    ref_pred, ref_truth = write("ref", 3000, 1)
+    files = []
+    for b, shrink in enumerate((1.0, 1.0, 0.8)):
+        pred, truth = write(f"b{b}", 600, 10 + b, shrink)
+        files.append(dict(reference_predictions=ref_pred, reference_truth=ref_truth, predictions=pred, truth=truth))
+    t = _stream(tmp_path, "GaussianDriftMonitor", files, {"truth_array": "g", "truth_id_column": "id"})
+    assert t["n"].tolist() == [1200, 1200, 1200]  # two outputs per object
+    assert t["cusum_dispersion_alarm"].tolist() == [0, 0, 1] and t["z_dispersion"][2] > 5
+    assert t["prediction_alarm"][2] == 1 and t["ks_width"][2] > 0.1
+
+
+def test_class_probability_monitor_sees_over_confident_probabilities(tmp_path):
+    from calipers.core.class_predictions import ClassPredictions, write_class_predictions
+
+    def write(name, n, seed, sharpen=1.0):
+        rng = np.random.default_rng(seed)
+        logit = rng.normal(0, 2, n)
+        label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+        shown = sharpen * logit
+        members = shown[None, :] + 0.1 * rng.normal(size=(3, n))
+        path = str(tmp_path / f"{name}.hdf5")
+        write_class_predictions(path, ClassPredictions(shown, 1 / (1 + np.exp(-shown)), members, meta={"label": label}))
+        return path
+
+    ref = write("ref", 4000, 1)
+    files = [dict(reference_predictions=ref, predictions=write(f"b{b}", 2000, 10 + b, s))
+             for b, s in enumerate((1.0, 1.0, 2.5))]
+    t = _stream(tmp_path, "ClassDriftMonitor", files)
+    assert t["cusum_dispersion_alarm"].tolist() == [0, 0, 1] and t["martingale_alarm"][2] == 1
+    assert np.all(np.abs(t["z_dispersion"][:2]) < 3)

@@ -26,7 +26,8 @@ DEPTHS = "calipers.transit_depths"
 GAUSSIAN_VECTORS = "calipers.gaussian_vectors"
 EPHEMERIS = ("period", "a_rs", "inclination")
 
-__all__ = ["DEPTHS", "EPHEMERIS", "GAUSSIAN_VECTORS", "LIGHT_CURVES", "check_finite", "read_gaussian_vectors"]
+__all__ = ["DEPTHS", "EPHEMERIS", "GAUSSIAN_VECTORS", "LIGHT_CURVES", "check_finite", "read_gaussian_vectors",
+           "read_gaussian_with_truth"]
 
 
 def check_finite(path: str, name: str, values: np.ndarray, first_row: int = 0, axes=("row", "bin", "time index"),
@@ -53,3 +54,25 @@ def read_gaussian_vectors(path: str, rows: slice | None = None) -> tuple[np.ndar
     check_finite(path, "mu", arrays["mu"], first, ("row", "output"))
     check_finite(path, "sigma", arrays["sigma"], first, ("row", "output"), positive=True)
     return arrays["mu"], arrays["sigma"], meta, info
+
+
+def read_gaussian_with_truth(pred_path: str, truth_path: str, truth_array: str, truth_id_column: str = ""):
+    """``(mu, sigma, y, ids, info)``: Gaussian-vector predictions and the truth array ``truth_array``
+    of an array set, matched row by row (same shape and, when ``truth_id_column`` is given, the same
+    ids in the same order; errors name both files)."""
+    mu, sigma, meta, info = read_gaussian_vectors(pred_path)
+    tinfo = array_set_info(truth_path)
+    if truth_array not in tinfo["arrays"]:
+        raise FileFormatError(f"{truth_path}: no array '{truth_array}' (it has {sorted(tinfo['arrays'])})")
+    arrays, tmeta = read_array_set(truth_path, [truth_array], meta=[truth_id_column] if truth_id_column else [])
+    y = np.asarray(arrays[truth_array], dtype=np.float64)
+    if y.shape != mu.shape:
+        raise FileFormatError(f"{pred_path} holds predictions of shape {mu.shape} but {truth_path} has "
+                              f"'{truth_array}' of shape {y.shape}")
+    check_finite(truth_path, truth_array, y, 0, ("row", "output"))
+    if truth_id_column and not np.array_equal(np.asarray(tmeta[truth_id_column]), np.asarray(meta["id"])):
+        row = int(np.flatnonzero(np.asarray(tmeta[truth_id_column]) != np.asarray(meta["id"]))[0])
+        raise FileFormatError(f"row {row}: id {meta['id'][row]} in {pred_path} but {truth_id_column} "
+                              f"{tmeta[truth_id_column][row]} in {truth_path}; the files must hold the same objects "
+                              "in the same order")
+    return mu, sigma, y, meta["id"], info

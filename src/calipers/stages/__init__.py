@@ -20,9 +20,10 @@ from calipers.stages.shear import (ShearBias, ShearCalibrate, ShearEstimate, She
                                    ShearTrain)
 from calipers.stages.transit import (DepthExtract, TransitAudit, TransitPredict, TransitReport, TransitSimulate,
                                      TransitTrain)
-from calipers.stages.monitor import CalibrationDriftMonitor, CovariateDriftMonitor
+from calipers.stages.monitor import (CalibrationDriftMonitor, ClassDriftMonitor, CovariateDriftMonitor,
+                                     GaussianDriftMonitor)
 
-__all__ = ["CovariateDriftMonitor", "CalibrationDriftMonitor", "ShearSimulate", "ShearTrain", "ShearEstimate", "ShearCalibrate", "ShearBias", "ShearGate", "ShearReport",
+__all__ = ["CovariateDriftMonitor", "CalibrationDriftMonitor", "GaussianDriftMonitor", "ClassDriftMonitor", "ShearSimulate", "ShearTrain", "ShearEstimate", "ShearCalibrate", "ShearBias", "ShearGate", "ShearReport",
            "TransitSimulate", "DepthExtract", "TransitTrain", "TransitPredict", "TransitAudit", "TransitReport",
            "GaussianCalibrate", "GaussianApplyCalibration", "GaussianGate", "SpectraSimulate", "FisherBound", "SpectraTrain", "SpectraEstimate", "BoundComparison", "SpectraReport",
            "DistributionGate", "LensSimulate", "LensCutouts", "LensTrain", "LensScore", "ClassifierCalibrate",

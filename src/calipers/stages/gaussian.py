@@ -35,29 +35,13 @@ TRUTH_OPTIONS = {
 
 
 def read_with_truth(stage: CalipersStage, pred_tag: str = "predictions", truth_tag: str = "truth"):
-    """``(mu, sigma, y, ids, info)``: the predictions and the truth matched row by row (same row
-    count and, when both carry them, the same ids; errors name both files)."""
-    from calipers.core.array_sets import array_set_info, read_array_set
-    from calipers.core.transit_files import check_finite, read_gaussian_vectors
+    """``(mu, sigma, y, ids, info)``: the predictions and the truth matched row by row
+    (:func:`calipers.core.transit_files.read_gaussian_with_truth`)."""
+    from calipers.core.transit_files import read_gaussian_with_truth
 
     c = stage.config
-    pred_path, truth_path = stage.input_path(pred_tag), stage.input_path(truth_tag)
-    mu, sigma, meta, info = read_gaussian_vectors(pred_path)
-    tinfo = array_set_info(truth_path)
-    if c["truth_array"] not in tinfo["arrays"]:
-        raise FileFormatError(f"{truth_path}: no array '{c['truth_array']}' (it has {sorted(tinfo['arrays'])})")
-    id_col = c["truth_id_column"]
-    arrays, tmeta = read_array_set(truth_path, [c["truth_array"]], meta=[id_col] if id_col else [])
-    y = np.asarray(arrays[c["truth_array"]], dtype=np.float64)
-    if y.shape != mu.shape:
-        raise FileFormatError(f"{pred_path} holds predictions of shape {mu.shape} but {truth_path} has "
-                              f"'{c['truth_array']}' of shape {y.shape}")
-    check_finite(truth_path, c["truth_array"], y, 0, ("row", "output"))
-    if id_col and not np.array_equal(np.asarray(tmeta[id_col]), np.asarray(meta["id"])):
-        row = int(np.flatnonzero(np.asarray(tmeta[id_col]) != np.asarray(meta["id"]))[0])
-        raise FileFormatError(f"row {row}: id {meta['id'][row]} in {pred_path} but {id_col} {tmeta[id_col][row]} in "
-                              f"{truth_path}; the files must hold the same objects in the same order")
-    return mu, sigma, y, meta["id"], info
+    return read_gaussian_with_truth(stage.input_path(pred_tag), stage.input_path(truth_tag), c["truth_array"],
+                                    c["truth_id_column"])
 
 
 class GaussianCalibrate(CalipersStage):

@@ -16,12 +16,13 @@ import os
 import numpy as np
 
 from calipers.core.errors import CatalogError, ConfigError, DriftAlert
-from calipers.core.file_types import HDF5Catalog, JSONFile, QPEnsembleFile, ReportDir
+from calipers.core.file_types import (ArraySetFile, ClassPredictionsFile, GaussianVectorFile, HDF5Catalog, JSONFile,
+                                     QPEnsembleFile, ReportDir)
 from calipers.core.stage import CalipersStage, Param
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationDriftMonitor", "CovariateDriftMonitor"]
+__all__ = ["CalibrationDriftMonitor", "ClassDriftMonitor", "CovariateDriftMonitor", "GaussianDriftMonitor"]
 
 OUTPUTS = [("state", JSONFile), ("monitor_table", HDF5Catalog), ("alert", JSONFile), ("report", ReportDir)]
 
@@ -205,30 +206,24 @@ class CovariateDriftMonitor(_DriftMonitor):
                      f"Covariate drift: batch {b} ({os.path.basename(self.input_path('batch'))})")
 
 
-class CalibrationDriftMonitor(_DriftMonitor):
-    """Follow the calibration of p(z) (a qp ensemble) batch by batch against the truth of labelled
-    batches: the PIT mean and dispersion as z-scores with their exact moments, a per-batch test of
-    both (Bonferroni), CUSUM and Page-Hinkley detectors on each (thresholds from the in-control
-    average run length ``arl``, in batches, per detector) and two conformal test martingales over
-    the objects of the whole stream, whose reference is the reference sample's PITs: one on
-    ``|PIT - 1/2|`` (widths gone wrong), one on the PIT itself (a shift); each alarms at twice
-    ``martingale_threshold``, so that a false alarm of either, over the whole stream, has
-    probability at most ``1 / martingale_threshold``.
-    Without labels (``labelled: false``) only the label-free drift of the point estimates (medians)
-    and widths (16-84% intervals) is followed (KS against the reference's, Bonferroni)."""
+class _PITDriftMonitor(_DriftMonitor):
+    """Calibration drift from the PIT of labelled batches (not itself runnable): the PIT mean and
+    dispersion as z-scores with their exact moments under a uniform PIT, a per-batch test of both
+    (Bonferroni), CUSUM and Page-Hinkley detectors on each (thresholds from the in-control average
+    run length ``arl``, in batches, per detector) and two conformal test martingales over the objects
+    of the whole stream, whose reference is the reference sample's PITs: one on ``|PIT - 1/2|``
+    (widths gone wrong), one on the PIT itself (a shift); each alarms at twice
+    ``martingale_threshold``, so that a false alarm of either, over the whole stream, has probability
+    at most ``1 / martingale_threshold``. Without labels (``labelled: false``) only the label-free
+    drift of the point estimates and widths is followed (KS against the reference's, Bonferroni).
+    Subclasses read their output kind: :meth:`_load` returns the PIT (None without labels), the
+    point estimates and the widths of the reference or the batch."""
 
-    name = "CalibrationDriftMonitor"
     monitor = "calibration"
     detectors = ("batch_test", "cusum", "page_hinkley", "martingale", "prediction")
     default_alert_on = ("cusum", "page_hinkley", "martingale")
-    inputs = [("reference_pz", QPEnsembleFile), ("reference_truth", HDF5Catalog), ("pz", QPEnsembleFile),
-              ("truth", HDF5Catalog), ("previous_state", JSONFile)]
     config_options = _DriftMonitor.config_options | {
-        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalogs"),
-        "redshift_column": Param(str, "redshift", msg="True redshift column"),
         "labelled": Param(bool, True, msg="The batches carry the truth (false: prediction drift only)"),
-        "zmax": Param(float, 3.0, msg="Upper end of the redshift grid the p(z) are evaluated on"),
-        "nzbins": Param(int, 301, msg="Points of that grid"),
         "arl": Param(float, 100.0, msg="In-control average run length of each CUSUM / Page-Hinkley, in batches"),
         "cusum_k": Param(float, 0.5, msg="CUSUM reference value (half the shift in sigma it is tuned to)"),
         "ph_delta": Param(float, 0.5, msg="Page-Hinkley tolerance"),
@@ -237,80 +232,45 @@ class CalibrationDriftMonitor(_DriftMonitor):
         "martingale_jump": Param(float, 1e-4, msg="Share of the martingale's capital spread over its bets per object"),
         "max_reference_rows": Param(int, 20000, msg="Reference rows used (seeded subsample)"),
     }
+    kind_settings: tuple = ()
+    batch_tag = "predictions"
 
-    def _grid(self):
-        return np.linspace(0.0, self.config["zmax"], self.config["nzbins"])
-
-    def _pdfs(self, tag: str, rows=None):
-        from calipers.core.qpio import qp_size, read_qp_rows
-        from calipers.validate.metrics import grid_pdfs
-
-        path = self.input_path(tag)
-        n = qp_size(path)
-        if n == 0:
-            raise CatalogError(f"{path}: holds no p(z)")
-        pdfs, valid = grid_pdfs(read_qp_rows(path, 0, n), self._grid())
-        if not valid.all():
-            raise CatalogError(f"{path}: {int((~valid).sum())} p(z) are not finite or do not normalise on the grid "
-                               f"0..{self.config['zmax']}, first at row {int(np.flatnonzero(~valid)[0])}")
-        return pdfs if rows is None else pdfs[rows]
-
-    def _pit(self, pdfs, truth_tag: str, pz_tag: str) -> np.ndarray:
-        from calipers.core import catalog
-        from calipers.validate.metrics import pit_values
-
-        c = self.config
-        z = catalog.read_truth(self.input_path(truth_tag), c["hdf5_groupname"], c["redshift_column"], len(pdfs),
-                               self.input_path(pz_tag))
-        bad = np.flatnonzero(~np.isfinite(z))
-        if bad.size:
-            raise CatalogError(f"{self.input_path(truth_tag)}: column '{c['redshift_column']}' is not finite in "
-                               f"{bad.size} row(s), first at row {bad[0]}")
-        return pit_values(pdfs, self._grid(), z)
-
-    def _points_widths(self, pdfs) -> tuple[np.ndarray, np.ndarray]:
-        from calipers.gridpdf import grid_quantiles
-
-        q = grid_quantiles(pdfs, self._grid(), [0.16, 0.5, 0.84])
-        return q[:, 1], q[:, 2] - q[:, 0]
+    def _load(self, which: str, labelled: bool, batch_index: int) -> dict:
+        """``{"pit", "point", "width"}`` of ``which`` (``reference`` or ``batch``)."""
+        raise NotImplementedError
 
     def process(self):
-        from calipers.core.qpio import qp_size
         from calipers.monitor.calibration import pit_batch_alarm, pit_batch_statistics
         from calipers.monitor.covariate import prediction_drift
         from calipers.monitor.martingale import ConformalTestMartingale
         from calipers.monitor.sequential import Cusum, PageHinkley
 
         c = self.config
-        settings = {k: c[k] for k in ("alpha", "arl", "cusum_k", "ph_delta", "martingale_threshold",
-                                      "martingale_levels", "martingale_jump", "zmax", "nzbins", "max_reference_rows")}
+        settings = {k: c[k] for k in ("alpha", "arl", "cusum_k", "ph_delta", "martingale_threshold", "martingale_levels",
+                                      "martingale_jump", "max_reference_rows") + self.kind_settings}
         state, fresh = self._load_state(settings)
         b = len(state["history"])
-        n_ref = qp_size(self.input_path("reference_pz"))
+        ref = self._load("reference", fresh, b)
+        n_ref = len(ref["point"])
         rows = np.sort(np.random.default_rng([int(c["seed"]), 0]).permutation(n_ref)[:c["max_reference_rows"]])
-        ref_pdfs = self._pdfs("reference_pz")
         det = state["detectors"]
         if fresh:
-            ref_pit = self._pit(ref_pdfs, "reference_truth", "reference_pz")[rows]
+            ref_pit = ref["pit"][rows]
             # two martingales, each at twice the threshold, so that either reaching it has
             # probability at most 1 / martingale_threshold: one on |PIT - 1/2| (widths), one on the PIT (shifts)
-            ctms = {}
             for key, low, high, score in (("martingale_width", 0.0, 0.5, np.abs(ref_pit - 0.5)),
                                           ("martingale_shift", 0.0, 1.0, ref_pit)):
                 ctm = ConformalTestMartingale(threshold=2 * c["martingale_threshold"], low=low, high=high,
                                               n_levels=c["martingale_levels"], jump=c["martingale_jump"],
                                               seed=int(c["seed"]) + (key == "martingale_shift"))
                 ctm.add_reference(score)
-                ctms[key] = ctm.to_dict()
-            det.update({**ctms,
-                        **{f"cusum_{s}": Cusum(k=c["cusum_k"], arl=c["arl"]).to_dict() for s in ("mean", "dispersion")},
+                det[key] = ctm.to_dict()
+            det.update({**{f"cusum_{s}": Cusum(k=c["cusum_k"], arl=c["arl"]).to_dict() for s in ("mean", "dispersion")},
                         **{f"ph_{s}": PageHinkley(delta=c["ph_delta"], arl=c["arl"]).to_dict()
                            for s in ("mean", "dispersion")}})
-        pdfs = self._pdfs("pz")
-        ref_point, ref_width = self._points_widths(ref_pdfs[rows])
-        point, width = self._points_widths(pdfs)
-        pred = prediction_drift(ref_point, ref_width, point, width, alpha=c["alpha"])
-        row = {"batch": b, "n": len(pdfs), "median_width": float(np.median(width)),
+        new = self._load("batch", c["labelled"], b)
+        pred = prediction_drift(ref["point"][rows], ref["width"][rows], new["point"], new["width"], alpha=c["alpha"])
+        row = {"batch": b, "n": len(new["point"]), "median_width": float(np.median(new["width"])),
                "prediction_p_bonferroni": pred["p_bonferroni"], "prediction_alarm": pred["alarm"],
                "ks_point": pred["ks_statistic"]["point"], "ks_width": pred["ks_statistic"]["width"]}
         alpha = c["alpha"]
@@ -318,7 +278,7 @@ class CalibrationDriftMonitor(_DriftMonitor):
                        "value": pred["p_bonferroni"], "rule": "p < alpha", "threshold": alpha, "batch": b,
                        "alarm": pred["alarm"]}]
         if c["labelled"]:
-            pit = self._pit(pdfs, "truth", "pz")
+            pit = new["pit"]
             s = pit_batch_statistics(pit)
             row |= {k: s[k] for k in ("pit_mean", "pit_var", "z_mean", "z_dispersion", "p_mean", "p_dispersion", "ks",
                                       "p_ks")}
@@ -361,4 +321,128 @@ class CalibrationDriftMonitor(_DriftMonitor):
         panels.append({"label": "prediction KS p (Bonf.)", "values": _column(h, "prediction_p_bonferroni"),
                        "threshold": alpha, "alarms": _flags(h, "prediction_alarm"), "log": True})
         self._finish(state, row, candidates, panels,
-                     f"Calibration drift: batch {b} ({os.path.basename(self.input_path('pz'))})")
+                     f"Calibration drift ({self.name}): batch {b} ({os.path.basename(self.input_path(self.batch_tag))})")
+
+
+class CalibrationDriftMonitor(_PITDriftMonitor):
+    """Calibration drift of p(z) (qp ensembles; :class:`_PITDriftMonitor` says what is followed):
+    the PIT is each p(z)'s CDF at the true redshift on the grid ``0 .. zmax``, the point estimate its
+    median and the width its 16-84% interval."""
+
+    name = "CalibrationDriftMonitor"
+    batch_tag = "pz"
+    inputs = [("reference_pz", QPEnsembleFile), ("reference_truth", HDF5Catalog), ("pz", QPEnsembleFile),
+              ("truth", HDF5Catalog), ("previous_state", JSONFile)]
+    config_options = _PITDriftMonitor.config_options | {
+        "hdf5_groupname": Param(str, "photometry", msg="Group of the truth catalogs"),
+        "redshift_column": Param(str, "redshift", msg="True redshift column"),
+        "zmax": Param(float, 3.0, msg="Upper end of the redshift grid the p(z) are evaluated on"),
+        "nzbins": Param(int, 301, msg="Points of that grid"),
+    }
+    kind_settings = ("zmax", "nzbins")
+
+    def _grid(self):
+        return np.linspace(0.0, self.config["zmax"], self.config["nzbins"])
+
+    def _pdfs(self, tag: str):
+        from calipers.core.qpio import qp_size, read_qp_rows
+        from calipers.validate.metrics import grid_pdfs
+
+        path = self.input_path(tag)
+        n = qp_size(path)
+        if n == 0:
+            raise CatalogError(f"{path}: holds no p(z)")
+        pdfs, valid = grid_pdfs(read_qp_rows(path, 0, n), self._grid())
+        if not valid.all():
+            raise CatalogError(f"{path}: {int((~valid).sum())} p(z) are not finite or do not normalise on the grid "
+                               f"0..{self.config['zmax']}, first at row {int(np.flatnonzero(~valid)[0])}")
+        return pdfs
+
+    def _load(self, which: str, labelled: bool, batch_index: int) -> dict:
+        from calipers.core import catalog
+        from calipers.gridpdf import grid_quantiles
+        from calipers.validate.metrics import pit_values
+
+        c = self.config
+        pz_tag, truth_tag = ("reference_pz", "reference_truth") if which == "reference" else ("pz", "truth")
+        pdfs = self._pdfs(pz_tag)
+        q = grid_quantiles(pdfs, self._grid(), [0.16, 0.5, 0.84])
+        out = {"pit": None, "point": q[:, 1], "width": q[:, 2] - q[:, 0]}
+        if labelled:
+            z = catalog.read_truth(self.input_path(truth_tag), c["hdf5_groupname"], c["redshift_column"], len(pdfs),
+                                   self.input_path(pz_tag))
+            bad = np.flatnonzero(~np.isfinite(z))
+            if bad.size:
+                raise CatalogError(f"{self.input_path(truth_tag)}: column '{c['redshift_column']}' is not finite in "
+                                   f"{bad.size} row(s), first at row {bad[0]}")
+            out["pit"] = pit_values(pdfs, self._grid(), z)
+        return out
+
+
+class GaussianDriftMonitor(_PITDriftMonitor):
+    """Calibration drift of Gaussian-vector predictions (``mu[N, K]``, ``sigma[N, K]``;
+    :class:`_PITDriftMonitor` says what is followed): the PIT of output ``k`` is ``Phi((y - mu) /
+    sigma)`` (:func:`calipers.monitor.calibration.pit_from_zscores`), the point estimate ``mu`` and
+    the width ``2 sigma``, over the outputs listed in ``outputs`` (all when empty), object by object.
+    The per-batch statistics' exact moments assume independent PITs: list outputs whose errors are
+    nearly independent (the two shear components, one transit bin), not a whole correlated spectrum."""
+
+    name = "GaussianDriftMonitor"
+    inputs = [("reference_predictions", GaussianVectorFile), ("reference_truth", ArraySetFile),
+              ("predictions", GaussianVectorFile), ("truth", ArraySetFile), ("previous_state", JSONFile)]
+    config_options = _PITDriftMonitor.config_options | {
+        "truth_array": Param(str, "depth", msg="Array of the truth files with the true values [N, K]"),
+        "truth_id_column": Param(str, "", msg="Meta column of the truth files with the ids ('' = do not compare)"),
+        "outputs": Param(list, [], msg="Outputs (columns of mu) followed; empty: all"),
+    }
+    kind_settings = ("outputs",)
+
+    def _load(self, which: str, labelled: bool, batch_index: int) -> dict:
+        from calipers.core.transit_files import read_gaussian_vectors, read_gaussian_with_truth
+        from calipers.monitor.calibration import pit_from_zscores
+
+        c = self.config
+        pred_tag, truth_tag = ("reference_predictions", "reference_truth") if which == "reference" \
+            else ("predictions", "truth")
+        if labelled:
+            mu, sigma, y, _, _ = read_gaussian_with_truth(self.input_path(pred_tag), self.input_path(truth_tag),
+                                                          c["truth_array"], c["truth_id_column"])
+        else:
+            mu, sigma, _, _ = read_gaussian_vectors(self.input_path(pred_tag))
+            y = None
+        cols = list(c["outputs"]) or list(range(mu.shape[1]))
+        if min(cols) < 0 or max(cols) >= mu.shape[1]:
+            raise ConfigError(f"stage {self.instance_name}: outputs {cols} out of range for "
+                              f"{self.input_path(pred_tag)} ({mu.shape[1]} outputs)")
+        mu, sigma = mu[:, cols], sigma[:, cols]
+        return {"pit": None if y is None else pit_from_zscores((y[:, cols] - mu) / sigma).ravel(),
+                "point": mu.ravel(), "width": 2.0 * sigma.ravel()}
+
+
+class ClassDriftMonitor(_PITDriftMonitor):
+    """Calibration drift of class probabilities (calipers class-predictions files with their labels
+    in ``meta/label``; :class:`_PITDriftMonitor` says what is followed): the PIT is the randomised
+    PIT of each Bernoulli outcome (:func:`calipers.monitor.calibration.pit_binary`, its uniform draws
+    seeded per batch), the point estimate the probability and the width the spread of the members'
+    logits."""
+
+    name = "ClassDriftMonitor"
+    inputs = [("reference_predictions", ClassPredictionsFile), ("predictions", ClassPredictionsFile),
+              ("previous_state", JSONFile)]
+
+    def _load(self, which: str, labelled: bool, batch_index: int) -> dict:
+        from calipers.core.class_predictions import read_class_predictions
+        from calipers.monitor.calibration import pit_binary
+
+        tag = "reference_predictions" if which == "reference" else "predictions"
+        path = self.input_path(tag)
+        pred = read_class_predictions(path)
+        width = np.std(np.asarray(pred.member_logits, dtype=float), axis=0)
+        out = {"pit": None, "point": np.asarray(pred.prob, dtype=float), "width": width}
+        if labelled:
+            key = [int(self.config["seed"]), 9] + ([] if which == "reference" else [int(batch_index)])
+            try:
+                out["pit"] = pit_binary(pred.prob, pred.labels(path), np.random.default_rng(key))
+            except ValueError as err:
+                raise CatalogError(f"{path}: {err}") from err
+        return out
