@@ -198,3 +198,17 @@ def test_class_probability_monitor_sees_over_confident_probabilities(tmp_path):
     t = _stream(tmp_path, "ClassDriftMonitor", files)
     assert t["cusum_dispersion_alarm"].tolist() == [0, 0, 1] and t["martingale_alarm"][2] == 1
     assert np.all(np.abs(t["z_dispersion"][:2]) < 3)
+
+
+def test_covariate_monitor_refuses_too_few_features(tmp_path):
+    from calipers.core.errors import ConfigError
+
+    ref = write_catalog(tmp_path / "ref.hdf5", {"a": np.zeros(10), "b": np.ones(10)})
+    config = tmp_path / "c.yml"
+    config.write_text(yaml.safe_dump({"CovariateDriftMonitor": {"features": ["a"], "colours": True}}))
+    io = dict(reference=ref, batch=ref, previous_state=write_fresh_state(str(tmp_path / "s.json")),
+              state=str(tmp_path / "s1.json"), monitor_table=str(tmp_path / "t.hdf5"), alert=str(tmp_path / "a.json"),
+              report=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="at least 2 column"):
+        run_stage("CovariateDriftMonitor", str(config), **io)
+    assert not (tmp_path / "s1.json").exists()

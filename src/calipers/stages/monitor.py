@@ -136,6 +136,17 @@ class CovariateDriftMonitor(_DriftMonitor):
         "ph_delta": Param(float, 0.5, msg="Page-Hinkley tolerance (in units of the z-score)"),
     }
 
+    def validate(self):
+        super().validate()
+        c = self.config
+        need = 2 if c["colours"] else 1
+        if len(c["features"]) < need:
+            raise ConfigError(f"stage {self.instance_name}: features must name at least {need} column(s)"
+                              f"{' (colours are differences of adjacent features)' if c['colours'] else ''}, "
+                              f"got {c['features']}")
+        if c["anchor_feature"] and not c["colours"]:
+            raise ConfigError(f"stage {self.instance_name}: anchor_feature is used with colours: true only")
+
     def _features(self, tag: str) -> tuple[np.ndarray, list[str], int]:
         from calipers.core import catalog
         from calipers.monitor.covariate import colour_features
