@@ -54,12 +54,12 @@ class _DriftMonitor(CalipersStage):
         return list(self.config["alert_on"]) or list(self.default_alert_on)
 
     def _load_state(self, settings: dict) -> tuple[dict, bool]:
-        from calipers.core.monitor_files import read_state
+        from calipers.core.monitor_files import fresh_state, read_state
 
         state = read_state(self.input_path("previous_state"), self.monitor, settings)
         if state is None:
-            return {"format": "calipers-monitor-state", "version": 1, "monitor": self.monitor, "settings": settings,
-                    "detectors": {}, "history": [], "alerts": []}, True
+            return fresh_state() | {"monitor": self.monitor, "settings": settings, "detectors": {}, "history": [],
+                                    "alerts": []}, True
         return state, False
 
     def _finish(self, state: dict, row: dict, candidates: list[dict], panels: list[dict], title: str) -> None:
